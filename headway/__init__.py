@@ -1,0 +1,1 @@
+"""Headway: run long jobs from web forms and watch them live."""

@@ -1,0 +1,74 @@
+"""Configuration read from the environment, in one place, for web and worker alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob Headway has; `from_env` documents the environment variable of each."""
+
+    redis_url: str | None = None
+    instance_path: Path = ROOT / "instance"
+    production: bool = False
+    retention_seconds: float = 24 * 3600
+    heartbeat_timeout: float = 30.0
+    report_interval: float = 0.1
+    log_lines: int = 50
+    max_items: int = 500
+    transport: str = "auto"
+    keepalive_seconds: float = 15.0
+    stream_max_seconds: float = 600.0
+    max_streams_per_owner: int = 20
+    rate_limits: bool = True
+    jobs_per_minute: int = 30
+    running_jobs_per_owner: int = 10
+    max_upload_bytes: int = 4 * 1024**3
+    workers: int = 2
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Workers beat several times per timeout, so one late beat never looks like a death."""
+        return max(self.heartbeat_timeout / 6, 0.05)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.instance_path / "jobs"
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        values = dict(
+            redis_url=os.environ.get("REDIS_URL") or None,
+            instance_path=Path(os.environ.get("HEADWAY_INSTANCE_PATH", ROOT / "instance")),
+            production=os.environ.get("HEADWAY_ENV", "development") == "production",
+            retention_seconds=_float("HEADWAY_RETENTION_SECONDS", cls.retention_seconds),
+            heartbeat_timeout=_float("HEADWAY_HEARTBEAT_TIMEOUT", cls.heartbeat_timeout),
+            report_interval=_float("HEADWAY_REPORT_INTERVAL", cls.report_interval),
+            log_lines=_int("HEADWAY_LOG_LINES", cls.log_lines),
+            transport=os.environ.get("HEADWAY_TRANSPORT", cls.transport),
+            keepalive_seconds=_float("HEADWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds),
+            stream_max_seconds=_float("HEADWAY_STREAM_MAX_SECONDS", cls.stream_max_seconds),
+            max_streams_per_owner=_int("HEADWAY_MAX_STREAMS_PER_OWNER", cls.max_streams_per_owner),
+            rate_limits=os.environ.get("HEADWAY_RATE_LIMITS", "on") != "off",
+            jobs_per_minute=_int("HEADWAY_JOBS_PER_MINUTE", cls.jobs_per_minute),
+            running_jobs_per_owner=_int("HEADWAY_RUNNING_JOBS_PER_OWNER", cls.running_jobs_per_owner),
+            max_upload_bytes=_int("HEADWAY_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            workers=_int("HEADWAY_WORKERS", cls.workers),
+        )
+        values.update(overrides)
+        if values["transport"] not in ("auto", "sse", "poll"):
+            raise ValueError("HEADWAY_TRANSPORT must be auto, sse or poll")
+        return cls(**values)

