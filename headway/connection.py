@@ -27,7 +27,11 @@ def resolve_redis_url(settings: Settings) -> str:
 def redis_client(url: str) -> redis.Redis:
     """A client whose pool waits for a free connection instead of failing under load."""
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=10, decode_responses=True,
-        health_check_interval=30, socket_connect_timeout=5,
+        url,
+        max_connections=64,
+        timeout=10,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=5,
     )
     return redis.Redis(connection_pool=pool)

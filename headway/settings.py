@@ -64,7 +64,9 @@ class Settings:
             max_streams_per_owner=_int("HEADWAY_MAX_STREAMS_PER_OWNER", cls.max_streams_per_owner),
             rate_limits=os.environ.get("HEADWAY_RATE_LIMITS", "on") != "off",
             jobs_per_minute=_int("HEADWAY_JOBS_PER_MINUTE", cls.jobs_per_minute),
-            running_jobs_per_owner=_int("HEADWAY_RUNNING_JOBS_PER_OWNER", cls.running_jobs_per_owner),
+            running_jobs_per_owner=_int(
+                "HEADWAY_RUNNING_JOBS_PER_OWNER", cls.running_jobs_per_owner
+            ),
             max_upload_bytes=_int("HEADWAY_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             workers=_int("HEADWAY_WORKERS", cls.workers),
         )

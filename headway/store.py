@@ -177,19 +177,35 @@ class JobState:
             return float(value) if value else None
 
         return cls(
-            id=h["id"], kind=h.get("kind", ""), owner=h.get("owner", ""),
-            title=h.get("title", ""), status=h.get("status", "queued"),
-            progress=num("progress"), stage=h.get("stage", ""),
-            stages=json.loads(h.get("stages") or "[]"), stage_index=int(num("stage_index")),
-            message=h.get("message", ""), done=int(num("done")), total=int(num("total")),
-            failed=int(num("failed")), current=h.get("current", ""), rate=num("rate"),
-            rate_unit=h.get("rate_unit", "items"), eta=opt("eta"),
-            created_at=num("created_at"), started_at=opt("started_at"),
-            updated_at=num("updated_at"), finished_at=opt("finished_at"),
-            heartbeat=opt("heartbeat"), attempt=int(num("attempt", 1)),
-            error=h.get("error", ""), files=json.loads(h.get("files") or "[]"),
-            version=int(num("version")), cancel_requested=h.get("cancel_requested") == "1",
-            retry_of=h.get("retry_of", ""), retried_as=h.get("retried_as", ""),
+            id=h["id"],
+            kind=h.get("kind", ""),
+            owner=h.get("owner", ""),
+            title=h.get("title", ""),
+            status=h.get("status", "queued"),
+            progress=num("progress"),
+            stage=h.get("stage", ""),
+            stages=json.loads(h.get("stages") or "[]"),
+            stage_index=int(num("stage_index")),
+            message=h.get("message", ""),
+            done=int(num("done")),
+            total=int(num("total")),
+            failed=int(num("failed")),
+            current=h.get("current", ""),
+            rate=num("rate"),
+            rate_unit=h.get("rate_unit", "items"),
+            eta=opt("eta"),
+            created_at=num("created_at"),
+            started_at=opt("started_at"),
+            updated_at=num("updated_at"),
+            finished_at=opt("finished_at"),
+            heartbeat=opt("heartbeat"),
+            attempt=int(num("attempt", 1)),
+            error=h.get("error", ""),
+            files=json.loads(h.get("files") or "[]"),
+            version=int(num("version")),
+            cancel_requested=h.get("cancel_requested") == "1",
+            retry_of=h.get("retry_of", ""),
+            retried_as=h.get("retried_as", ""),
             params=json.loads(h.get("params") or "{}"),
             inputs=json.loads(h.get("inputs") or "[]"),
         )
@@ -231,19 +247,45 @@ class JobStore:
         return self.settings.jobs_dir / job_id
 
     # -- writes -------------------------------------------------------------
-    def create(self, *, kind: str, owner: str, title: str, stages: list[str] = (),
-               params: dict | None = None, inputs: list[str] = (), attempt: int = 1,
-               retry_of: str = "", job_id: str | None = None) -> str:
+    def create(
+        self,
+        *,
+        kind: str,
+        owner: str,
+        title: str,
+        stages: list[str] = (),
+        params: dict | None = None,
+        inputs: list[str] = (),
+        attempt: int = 1,
+        retry_of: str = "",
+        job_id: str | None = None,
+    ) -> str:
         """Write a new `queued` record and index it under its owner; returns the id."""
         job_id = job_id or new_job_id()
         now = time.time()
         record = {
-            "id": job_id, "kind": kind, "owner": owner, "title": title, "status": "queued",
-            "progress": 0.0, "stage": "", "stages": list(stages), "stage_index": 0,
-            "message": "Waiting for a worker", "done": 0, "total": 0, "failed": 0,
-            "created_at": now, "updated_at": now, "attempt": attempt, "version": 1,
-            "cancel_requested": False, "retry_of": retry_of, "params": params or {},
-            "inputs": list(inputs), "files": [],
+            "id": job_id,
+            "kind": kind,
+            "owner": owner,
+            "title": title,
+            "status": "queued",
+            "progress": 0.0,
+            "stage": "",
+            "stages": list(stages),
+            "stage_index": 0,
+            "message": "Waiting for a worker",
+            "done": 0,
+            "total": 0,
+            "failed": 0,
+            "created_at": now,
+            "updated_at": now,
+            "attempt": attempt,
+            "version": 1,
+            "cancel_requested": False,
+            "retry_of": retry_of,
+            "params": params or {},
+            "inputs": list(inputs),
+            "files": [],
         }
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key(job_id), mapping={k: _str(v) for k, v in record.items()})
@@ -253,9 +295,15 @@ class JobStore:
         log.info("job %s: created kind=%s owner=%s attempt=%s", job_id, kind, owner[:8], attempt)
         return job_id
 
-    def update(self, job_id: str, fields: dict[str, Any] | None = None, *,
-               log_lines: list[str] = (), items: dict[int, ItemProgress] | None = None,
-               heartbeat_cutoff: float | None = None) -> UpdateResult:
+    def update(
+        self,
+        job_id: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        log_lines: list[str] = (),
+        items: dict[int, ItemProgress] | None = None,
+        heartbeat_cutoff: float | None = None,
+    ) -> UpdateResult:
         """Apply one atomic change; rejected writes come back with `ok=False` and a reason."""
         fields = {k: _str(v) for k, v in (fields or {}).items()}
         item_pairs: list[str] = []
@@ -265,8 +313,12 @@ class JobStore:
         raw = self._update(
             keys=[key, f"{key}:log", f"{key}:items", RUNNING, RETENTION],
             args=[
-                f"{time.time():.3f}", json.dumps(fields), json.dumps(list(log_lines)),
-                json.dumps(item_pairs), CHANNEL, self.settings.log_lines,
+                f"{time.time():.3f}",
+                json.dumps(fields),
+                json.dumps(list(log_lines)),
+                json.dumps(item_pairs),
+                CHANNEL,
+                self.settings.log_lines,
                 self.settings.retention_seconds,
                 "" if heartbeat_cutoff is None else f"{heartbeat_cutoff:.3f}",
             ],
@@ -280,9 +332,16 @@ class JobStore:
         if reason == "regress":
             log.warning("job %s: rejected progress %s below stored %s", job_id, attempted, stored)
         elif reason in ("final", "transition", "stale"):
-            log.info("job %s: rejected %s write (stored %s, attempted %s)",
-                     job_id, reason, stored, attempted)
-        return UpdateResult(False, reason, status=stored if reason in ("final", "transition") else "")
+            log.info(
+                "job %s: rejected %s write (stored %s, attempted %s)",
+                job_id,
+                reason,
+                stored,
+                attempted,
+            )
+        return UpdateResult(
+            False, reason, status=stored if reason in ("final", "transition") else ""
+        )
 
     def log(self, job_id: str, message: str, level: str = "info") -> UpdateResult:
         """Append one log line (a change like any other: it bumps the version)."""
@@ -314,6 +373,21 @@ class JobStore:
             return None
         h = self.client.hgetall(self.key(job_id))
         return JobState.from_hash(h) if h else None
+
+    def get_detail(self, job_id: str) -> tuple[JobState | None, list[ItemProgress], list[dict]]:
+        """The record, its item bars and its log lines, read in one round trip."""
+        if not JOB_ID.match(job_id or ""):
+            return None, [], []
+        key = self.key(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(key)
+        pipe.hgetall(f"{key}:items")
+        pipe.lrange(f"{key}:log", 0, -1)
+        h, raw_items, lines = pipe.execute()
+        if not h:
+            return None, [], []
+        items = [ItemProgress(*json.loads(raw_items[k])) for k in sorted(raw_items, key=int)]
+        return JobState.from_hash(h), items, [json.loads(line) for line in lines]
 
     def get_owned(self, job_id: str, owner: str | None) -> JobState | None:
         """The job if `owner` owns it; None for unknown, malformed and foreign ids alike."""
@@ -353,9 +427,12 @@ class JobStore:
         cutoff = now - self.settings.heartbeat_timeout
         result = self.update(
             job_id,
-            {"status": "interrupted", "finished_at": now,
-             "error": "The worker stopped responding; the job was interrupted.",
-             "message": "Interrupted: the worker stopped responding"},
+            {
+                "status": "interrupted",
+                "finished_at": now,
+                "error": "The worker stopped responding; the job was interrupted.",
+                "message": "Interrupted: the worker stopped responding",
+            },
             log_lines=[format_log_line("Worker heartbeat lost; job interrupted", "error")],
             heartbeat_cutoff=cutoff,
         )

@@ -12,12 +12,29 @@ from jobs.queue import huey, job_store
 from jobs.runner import run_job
 
 
-def submit(kind: kinds.JobKind, *, job_id: str, owner: str, title: str, params: dict,
-           inputs: list[str], attempt: int = 1, retry_of: str = "") -> str:
+def submit(
+    kind: kinds.JobKind,
+    *,
+    job_id: str,
+    owner: str,
+    title: str,
+    params: dict,
+    inputs: list[str],
+    attempt: int = 1,
+    retry_of: str = "",
+) -> str:
     """Create the `queued` record, then enqueue the task (whose Huey id is the job id)."""
-    job_store().create(job_id=job_id, kind=kind.slug, owner=owner, title=title,
-                       stages=[name for name, _ in kind.stages], params=params, inputs=inputs,
-                       attempt=attempt, retry_of=retry_of)
+    job_store().create(
+        job_id=job_id,
+        kind=kind.slug,
+        owner=owner,
+        title=title,
+        stages=[name for name, _ in kind.stages],
+        params=params,
+        inputs=inputs,
+        attempt=attempt,
+        retry_of=retry_of,
+    )
     huey.enqueue(run_job.s(job_id, id=job_id, retries=kind.retries, retry_delay=kind.retry_delay))
     return job_id
 
@@ -27,15 +44,24 @@ def cancel(job: JobState) -> bool:
     store = job_store()
     if job.status == "queued":
         huey.revoke_by_id(job.id)
-        result = store.update(job.id, {"status": "cancelled", "finished_at": time.time(),
-                                       "message": "Cancelled before it started"},
-                              log_lines=[format_log_line("Cancelled before it started", "warning")])
+        result = store.update(
+            job.id,
+            {
+                "status": "cancelled",
+                "finished_at": time.time(),
+                "message": "Cancelled before it started",
+            },
+            log_lines=[format_log_line("Cancelled before it started", "warning")],
+        )
         if result.ok or result.reason != "transition":
             return result.ok
         job = store.get(job.id) or job  # it started meanwhile: cancel it as a running job
     if job.active:
-        return store.update(job.id, {"cancel_requested": True, "message": "Cancelling…"},
-                            log_lines=[format_log_line("Cancellation requested", "warning")]).ok
+        return store.update(
+            job.id,
+            {"cancel_requested": True, "message": "Cancelling…"},
+            log_lines=[format_log_line("Cancellation requested", "warning")],
+        ).ok
     return False
 
 
@@ -53,7 +79,15 @@ def retry(job: JobState) -> str:
             os.link(source / name, target / name)  # no copy of possibly huge inputs
         except OSError:
             shutil.copyfile(source / name, target / name)
-    submit(kind, job_id=new_id, owner=job.owner, title=job.title, params=job.params,
-           inputs=job.inputs, attempt=job.attempt + 1, retry_of=job.id)
+    submit(
+        kind,
+        job_id=new_id,
+        owner=job.owner,
+        title=job.title,
+        params=job.params,
+        inputs=job.inputs,
+        attempt=job.attempt + 1,
+        retry_of=job.id,
+    )
     store.update(job.id, {"retried_as": new_id})
     return new_id

@@ -31,19 +31,28 @@ class JobCancelled(Exception):
 class ProgressReporter:
     """Stages with weights, done/total counts, per-item bars, log lines, cancellation."""
 
-    def __init__(self, store: JobStore, job_id: str,
-                 stages: Sequence[tuple[str, float]] = (("Working", 1.0),), *,
-                 attempt: int = 1, floor: float = 0.0, interval: float | None = None,
-                 heartbeat_interval: float | None = None, rate_unit: str = "items",
-                 max_items: int | None = None):
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        stages: Sequence[tuple[str, float]] = (("Working", 1.0),),
+        *,
+        attempt: int = 1,
+        floor: float = 0.0,
+        interval: float | None = None,
+        heartbeat_interval: float | None = None,
+        rate_unit: str = "items",
+        max_items: int | None = None,
+    ):
         self.store = store
         self.job_id = job_id
         self.stages = [(name, float(weight)) for name, weight in stages] or [("Working", 1.0)]
         self._weights = sum(w for _, w in self.stages) or 1.0
         self.attempt = attempt
         self.interval = store.settings.report_interval if interval is None else interval
-        self.heartbeat_interval = (store.settings.heartbeat_interval
-                                   if heartbeat_interval is None else heartbeat_interval)
+        self.heartbeat_interval = (
+            store.settings.heartbeat_interval if heartbeat_interval is None else heartbeat_interval
+        )
         self.max_items = store.settings.max_items if max_items is None else max_items
         self.rate_unit = rate_unit
         self._floor = floor  # a retried run never shows less than the last attempt did
@@ -85,9 +94,15 @@ class ProgressReporter:
             self._dirty = True
         self.flush()
 
-    def set(self, *, done: int | None = None, total: int | None = None,
-            failed: int | None = None, current: str | None = None,
-            message: str | None = None) -> None:
+    def set(
+        self,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        failed: int | None = None,
+        current: str | None = None,
+        message: str | None = None,
+    ) -> None:
         """Set any of the counts and texts; written within `interval`."""
         with self._lock:
             if done is not None:
@@ -160,12 +175,19 @@ class ProgressReporter:
         speed = _slope(self._progress_samples, mono)
         eta = (100.0 - progress) / speed if speed > 0 else None
         fields = {
-            "progress": progress, "stage": self.stages[self.stage_index][0],
-            "stage_index": self.stage_index, "done": self.done, "total": self.total,
-            "failed": self.failed, "current": self.current[:300], "message": self.message[:300],
-            "rate": max(rate, 0.0), "rate_unit": self.rate_unit,
+            "progress": progress,
+            "stage": self.stages[self.stage_index][0],
+            "stage_index": self.stage_index,
+            "done": self.done,
+            "total": self.total,
+            "failed": self.failed,
+            "current": self.current[:300],
+            "message": self.message[:300],
+            "rate": max(rate, 0.0),
+            "rate_unit": self.rate_unit,
             "eta": "" if eta is None else round(eta, 1),
-            "heartbeat": now, "attempt": self.attempt,
+            "heartbeat": now,
+            "attempt": self.attempt,
         }
         fields.update(self._fields)
         logs, items = self._log, self._items
@@ -200,10 +222,21 @@ class ProgressReporter:
         """Redis is unreachable: keep what was not written, carry on working."""
         with self._lock:
             self._fields = {**fields, **self._fields}
-            for key in ("progress", "done", "total", "failed", "current", "message",
-                        "stage", "stage_index", "rate", "eta", "heartbeat"):
+            for key in (
+                "progress",
+                "done",
+                "total",
+                "failed",
+                "current",
+                "message",
+                "stage",
+                "stage_index",
+                "rate",
+                "eta",
+                "heartbeat",
+            ):
                 self._fields.pop(key, None)  # recomputed fresh at the next write
-            self._log = (logs + self._log)[-self.store.settings.log_lines:]
+            self._log = (logs + self._log)[-self.store.settings.log_lines :]
             self._items = {**items, **self._items}
             self._dirty = True
         if self._unreachable_since is None:
@@ -212,8 +245,9 @@ class ProgressReporter:
 
     # -- heartbeat --------------------------------------------------------------------------
     def start(self) -> ProgressReporter:
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id[:8]}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{self.job_id[:8]}", daemon=True
+        )
         self._thread.start()
         return self
 

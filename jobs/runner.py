@@ -42,10 +42,21 @@ def run_job(job_id: str, task=None) -> None:
     output_dir = job_dir / "output"
     shutil.rmtree(output_dir, ignore_errors=True)  # a retry starts from a clean slate
     output_dir.mkdir(parents=True)
-    reporter = ProgressReporter(store, job_id, kind.stages, attempt=job.attempt,
-                                floor=job.progress, rate_unit=kind.rate_unit)
-    context = JobContext(job_id=job_id, inputs=[job_dir / "input" / name for name in job.inputs],
-                         params=job.params, output_dir=output_dir, reporter=reporter)
+    reporter = ProgressReporter(
+        store,
+        job_id,
+        kind.stages,
+        attempt=job.attempt,
+        floor=job.progress,
+        rate_unit=kind.rate_unit,
+    )
+    context = JobContext(
+        job_id=job_id,
+        inputs=[job_dir / "input" / name for name in job.inputs],
+        params=job.params,
+        output_dir=output_dir,
+        reporter=reporter,
+    )
     try:
         with reporter:
             kind.work(context)
@@ -72,8 +83,9 @@ def _write_final(job_id: str, fields: dict, line: str, level: str = "info") -> U
             if time.monotonic() > deadline:
                 log.error("job %s: gave up writing %s: %s", job_id, fields.get("status"), exc)
                 raise
-            log.warning("job %s: redis unreachable, will retry writing %s", job_id,
-                        fields.get("status"))
+            log.warning(
+                "job %s: redis unreachable, will retry writing %s", job_id, fields.get("status")
+            )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -98,9 +110,17 @@ def on_executing(signal, task, *args) -> None:
 @huey.signal(S.SIGNAL_COMPLETE)
 def on_complete(signal, task, *args) -> None:
     if _is_job(task):
-        _write_final(task.args[0], {"status": "succeeded", "progress": 100.0, "eta": 0,
-                                    "finished_at": time.time(), "message": "Finished"},
-                     "Job succeeded")
+        _write_final(
+            task.args[0],
+            {
+                "status": "succeeded",
+                "progress": 100.0,
+                "eta": 0,
+                "finished_at": time.time(),
+                "message": "Finished",
+            },
+            "Job succeeded",
+        )
 
 
 @huey.signal(S.SIGNAL_ERROR)
@@ -113,27 +133,46 @@ def on_error(signal, task, exc=None, *args) -> None:
     else:
         message = f"Unexpected error: {type(exc).__name__}: {exc}"
     if task.retries:
-        _write_final(task.args[0], {"status": "retrying", "message": f"Retrying after: {message}"},
-                     f"Attempt failed, will retry: {message}", "warning")
+        _write_final(
+            task.args[0],
+            {"status": "retrying", "message": f"Retrying after: {message}"},
+            f"Attempt failed, will retry: {message}",
+            "warning",
+        )
     else:
-        _write_final(task.args[0], {"status": "failed", "error": message,
-                                    "finished_at": time.time(), "message": "Failed"},
-                     message, "error")
+        _write_final(
+            task.args[0],
+            {"status": "failed", "error": message, "finished_at": time.time(), "message": "Failed"},
+            message,
+            "error",
+        )
 
 
 @huey.signal(S.SIGNAL_CANCELED, S.SIGNAL_REVOKED)
 def on_cancelled(signal, task, *args) -> None:
     if _is_job(task):
-        _write_final(task.args[0], {"status": "cancelled", "finished_at": time.time(),
-                                    "message": "Cancelled"}, "Job cancelled", "warning")
+        _write_final(
+            task.args[0],
+            {"status": "cancelled", "finished_at": time.time(), "message": "Cancelled"},
+            "Job cancelled",
+            "warning",
+        )
 
 
 @huey.signal(S.SIGNAL_INTERRUPTED)
 def on_interrupted(signal, task, *args) -> None:
     if _is_job(task):
-        _write_final(task.args[0], {"status": "interrupted", "finished_at": time.time(),
-                                    "error": "The worker shut down while the job ran.",
-                                    "message": "Interrupted"}, "Worker shut down", "error")
+        _write_final(
+            task.args[0],
+            {
+                "status": "interrupted",
+                "finished_at": time.time(),
+                "error": "The worker shut down while the job ran.",
+                "message": "Interrupted",
+            },
+            "Worker shut down",
+            "error",
+        )
 
 
 def enqueue(job_id: str, kind: kinds.JobKind) -> str:

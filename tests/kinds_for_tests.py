@@ -58,12 +58,31 @@ def refuse(ctx: JobContext) -> None:
 
 _common = dict(options=StepOptions, max_files=5, min_files=0, stages=(("Work", 1),))
 KINDS = [
-    JobKind(slug="steps", title="Count steps", description="Counts with a delay.",
-            work=count_steps, **{**_common, "stages": (("Prepare", 1), ("Count", 8), ("Write", 1))}),
-    JobKind(slug="flaky", title="Flaky", description="Fails once, then succeeds.",
-            work=fail_once, retries=2, retry_delay=0.1, **_common),
-    JobKind(slug="empty", title="No result", description="Writes nothing.", work=no_result,
-            **_common),
-    JobKind(slug="refuse", title="Refuses", description="Raises JobError.", work=refuse,
-            retries=3, **_common),
+    JobKind(
+        slug="steps",
+        title="Count steps",
+        description="Counts with a delay.",
+        work=count_steps,
+        **{**_common, "stages": (("Prepare", 1), ("Count", 8), ("Write", 1))},
+    ),
+    JobKind(
+        slug="flaky",
+        title="Flaky",
+        description="Fails once, then succeeds.",
+        work=fail_once,
+        retries=2,
+        retry_delay=0.1,
+        **_common,
+    ),
+    JobKind(
+        slug="empty", title="No result", description="Writes nothing.", work=no_result, **_common
+    ),
+    JobKind(
+        slug="refuse",
+        title="Refuses",
+        description="Raises JobError.",
+        work=refuse,
+        retries=3,
+        **_common,
+    ),
 ]

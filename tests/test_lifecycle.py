@@ -10,9 +10,14 @@ from .conftest import running_consumer, wait_for
 def submit(store, slug="steps", owner="owner-a", **params):
     kind = kinds.get(slug)
     defaults = {"steps": 10, "delay": 0.02, "fail_at": -1}
-    job_id = control.submit(kind, job_id=__import__("headway.store").store.new_job_id(),
-                            owner=owner, title=kind.title, params={**defaults, **params},
-                            inputs=[])
+    job_id = control.submit(
+        kind,
+        job_id=__import__("headway.store").store.new_job_id(),
+        owner=owner,
+        title=kind.title,
+        params={**defaults, **params},
+        inputs=[],
+    )
     assert store.get(job_id).status == "queued"
     return job_id
 

@@ -1,0 +1,161 @@
+"""One Redis pub/sub subscription per web process, shared by all of its streams.
+
+The listener thread (a greenlet under gevent) receives "<job id> <owner>" on the changes
+channel and hands the job id to every Watcher that watches that job or that owner. A
+Watcher is a bounded, collapsing queue: it holds the set of changed ids (up to a cap, past
+which it asks for a full re-read) and wakes its stream; a burst of changes becomes one
+wake-up, and the stream re-reads the record, so the newest state is all that is ever sent.
+
+After a lost connection the hub resubscribes by itself and wakes every watcher, because
+messages published during the outage are gone: re-reading the records catches up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+import redis
+
+from headway.store import CHANNEL
+
+log = logging.getLogger("headway.hub")
+
+MAX_PENDING = 256  # ids a watcher remembers before it falls back to "re-read everything"
+
+
+class HubUnavailable(Exception):
+    """The shared subscription is not established (Redis unreachable)."""
+
+
+class Watcher:
+    """What one stream waits on: which of its jobs changed since it last looked."""
+
+    def __init__(self, job_ids: Iterable[str] = (), owner: str | None = None):
+        self.job_ids = frozenset(job_ids)
+        self.owner = owner
+        self._pending: set[str] = set()
+        self._everything = False
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+
+    def notify(self, job_id: str | None) -> None:
+        with self._lock:
+            if job_id is None or len(self._pending) >= MAX_PENDING:
+                self._everything = True
+                self._pending.clear()
+            elif not self._everything:
+                self._pending.add(job_id)
+        self._event.set()
+
+    def wait(self, timeout: float) -> tuple[set[str], bool] | None:
+        """Block until something changed: (changed ids, everything?) or None on timeout."""
+        if not self._event.wait(timeout):
+            return None
+        with self._lock:
+            self._event.clear()
+            pending, everything = self._pending, self._everything
+            self._pending, self._everything = set(), False
+        return pending, everything
+
+
+class ChangeHub:
+    """The process's single subscriber and the registry of its watchers."""
+
+    def __init__(self, client: redis.Redis, channel: str = CHANNEL):
+        self.client = client
+        self.channel = channel
+        self._by_job: dict[str, set[Watcher]] = {}
+        self._by_owner: dict[str, set[Watcher]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub = None
+        self.reconnects = 0
+
+    @property
+    def watcher_count(self) -> int:
+        with self._lock:
+            return len({w for ws in (*self._by_job.values(), *self._by_owner.values()) for w in ws})
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._listen, name="change-hub", daemon=True)
+                self._thread.start()
+
+    def ensure_ready(self, timeout: float = 5.0) -> None:
+        """Start the listener if needed; raise HubUnavailable unless it is subscribed."""
+        self.start()
+        if not self._ready.wait(timeout):
+            raise HubUnavailable("not subscribed to job changes (is Redis reachable?)")
+
+    @contextlib.contextmanager
+    def watch(
+        self, job_ids: Iterable[str] = (), owner: str | None = None, timeout: float = 5.0
+    ) -> Iterator[Watcher]:
+        """Register a watcher once the subscription is live (subscribe, then read)."""
+        self.ensure_ready(timeout)
+        watcher = Watcher(job_ids, owner)
+        with self._lock:
+            for job_id in watcher.job_ids:
+                self._by_job.setdefault(job_id, set()).add(watcher)
+            if owner:
+                self._by_owner.setdefault(owner, set()).add(watcher)
+        try:
+            yield watcher
+        finally:
+            with self._lock:
+                for job_id in watcher.job_ids:
+                    _discard(self._by_job, job_id, watcher)
+                if owner:
+                    _discard(self._by_owner, owner, watcher)
+
+    def _dispatch(self, data: str) -> None:
+        job_id, _, owner = data.partition(" ")
+        with self._lock:
+            targets = self._by_job.get(job_id, set()) | self._by_owner.get(owner, set())
+        for watcher in targets:
+            watcher.notify(job_id)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            targets = {w for ws in (*self._by_job.values(), *self._by_owner.values()) for w in ws}
+        for watcher in targets:
+            watcher.notify(None)
+
+    def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        if self.reconnects:
+                            log.info("change hub resubscribed after a lost connection")
+                        self._ready.set()
+                        self._wake_all()
+                        delay = 0.1
+                    elif message["type"] == "message":
+                        self._dispatch(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                self._ready.clear()
+                self.reconnects += 1
+                log.warning("change hub lost redis (%s); retrying in %.1f s", exc, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _discard(index: dict[str, set[Watcher]], key: str, watcher: Watcher) -> None:
+    watchers = index.get(key)
+    if watchers is not None:
+        watchers.discard(watcher)
+        if not watchers:
+            del index[key]

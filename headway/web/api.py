@@ -1,0 +1,69 @@
+"""JSON for scripts, and the health endpoint for operators."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Blueprint, jsonify, url_for
+
+from headway.store import CONSUMERS
+from headway.web import load_job, services
+
+bp = Blueprint("api", __name__)
+
+CONSUMER_LIVE_SECONDS = 15.0
+
+
+@bp.get("/api/jobs/<job_id>")
+def job_json(job_id: str):
+    """The job's state as JSON."""
+    job = load_job(job_id)
+    return jsonify(
+        id=job.id,
+        kind=job.kind,
+        title=job.title,
+        status=job.status,
+        progress=round(job.progress, 2),
+        stage=job.stage,
+        message=job.message,
+        done=job.done,
+        total=job.total,
+        failed=job.failed,
+        current=job.current,
+        eta_seconds=job.eta,
+        attempt=job.attempt,
+        error=job.error or None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        version=job.version,
+        files=[
+            {
+                "name": f["name"],
+                "size": f["size"],
+                "url": url_for("files.download", job_id=job.id, name=f["name"], _external=True),
+            }
+            for f in job.files
+        ],
+    )
+
+
+@bp.get("/healthz")
+def healthz():
+    """Redis reachability, live consumers (by their own heartbeats) and queue length."""
+    from jobs.queue import huey
+
+    client = services().store.client
+    try:
+        client.ping()
+        consumers = client.zcount(CONSUMERS, time.time() - CONSUMER_LIVE_SECONDS, "+inf")
+        queued = huey.pending_count()
+    except redis.RedisError as exc:
+        return jsonify(status="unavailable", redis=False, error=str(exc)), 503
+    return jsonify(
+        status="ok" if consumers else "degraded",
+        redis=True,
+        consumers=consumers,
+        queue_length=queued,
+    )

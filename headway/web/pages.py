@@ -1,0 +1,117 @@
+"""Pages: the index, the job list, the job page and its polling fragment, cancel and retry."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
+
+from headway.web import current_owner, is_htmx, load_job, reap_if_stale, services
+from jobs import control, kinds
+
+bp = Blueprint("pages", __name__)
+
+
+@bp.before_app_request
+def choose_transport() -> None:
+    """`?transport=poll` (the browser's fallback) overrides the configured transport."""
+    if request.args.get("transport") == "poll":
+        g.transport = "poll"
+
+
+def render_progress(job_id: str, *, polling: bool = False) -> str:
+    """The job's progress region, the same partial for the page, SSE and polling."""
+    job, items, log_lines = services().store.get_detail(job_id)
+    if job is None:
+        abort(404)
+    return render_progress_of(reap_if_stale(job), items, log_lines, polling=polling)
+
+
+def render_progress_of(job, items, log_lines, *, polling: bool = False) -> str:
+    return render_template(
+        "partials/job_progress.html", job=job, items=items, log_lines=log_lines, polling=polling
+    )
+
+
+def render_row(job, *, polling: bool = False) -> str:
+    return render_template("partials/job_row.html", job=job, polling=polling)
+
+
+def owner_jobs(limit: int = 100):
+    owner = current_owner()
+    jobs = services().store.list_for_owner(owner, limit) if owner else []
+    return [reap_if_stale(job) for job in jobs]
+
+
+@bp.get("/")
+def index():
+    """The job kinds and the visitor's recent jobs."""
+    return render_template("index.html", kinds=kinds.registry().values(), jobs=owner_jobs(10))
+
+
+@bp.get("/jobs")
+def job_list():
+    """All of the visitor's jobs, each row live, over one stream for the whole page."""
+    return render_template("jobs/list.html", jobs=owner_jobs())
+
+
+@bp.get("/jobs/rows")
+def job_rows():
+    """The job list's rows alone, for polling when the stream is unavailable."""
+    return render_template("partials/job_rows.html", jobs=owner_jobs(), polling=True)
+
+
+@bp.get("/jobs/<job_id>")
+def job_page(job_id: str):
+    """The job page, complete from the record (a reload shows the current state), then live."""
+    job = load_job(job_id)
+    return render_template(
+        "jobs/show.html",
+        job=job,
+        progress=render_progress(
+            job.id, polling=g.get("transport") == "poll" or services().settings.transport == "poll"
+        ),
+    )
+
+
+@bp.get("/jobs/<job_id>/progress")
+def progress(job_id: str):
+    """The progress fragment for polling; it stops asking for more once the job ends."""
+    job = load_job(job_id)
+    return render_progress(job.id, polling=True)
+
+
+def _after_action(job_id: str, target_job_id: str | None = None) -> Response:
+    target = target_job_id or job_id
+    if is_htmx():
+        if target_job_id:
+            return Response(headers={"HX-Redirect": url_for("pages.job_page", job_id=target)})
+        return Response(render_progress(job_id))
+    return redirect(url_for("pages.job_page", job_id=target), code=303)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    """Cancel a queued or running job."""
+    job = load_job(job_id)
+    if job.finished:
+        if is_htmx():
+            return Response(render_progress(job.id))
+        abort(409, f"This job already ended ({job.status}); there is nothing to cancel.")
+    control.cancel(job)
+    return _after_action(job.id)
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str):
+    """Start a new attempt of a failed, cancelled or interrupted job."""
+    job = load_job(job_id)
+    if job.status not in ("failed", "cancelled", "interrupted"):
+        abort(
+            409,
+            f"Only a failed, cancelled or interrupted job can be retried; this one is "
+            f"{job.status}.",
+        )
+    if job.retried_as:
+        return _after_action(job.id, job.retried_as)
+    svc = services()
+    svc.limits.count_job(job.owner, running_now=svc.store.owner_running_count(job.owner))
+    return _after_action(job.id, control.retry(job))

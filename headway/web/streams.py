@@ -1,0 +1,166 @@
+"""Server-Sent Events: one stream per job page, one per job list, both fed by the hub.
+
+A stream subscribes (registers with the process's hub) before it reads the record, so a
+change between page render and stream start is never missed. It sends state, not events:
+each message is the freshly rendered fragment, its id the record's version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response, render_template, request, stream_with_context
+
+from headway.store import FINAL_STATUSES
+from headway.web import current_owner, load_job, reap_if_stale, services
+from headway.web.pages import render_progress_of, render_row
+
+log = logging.getLogger("headway.streams")
+bp = Blueprint("streams", __name__)
+
+RETRY_MS = 1000  # how long a browser waits before reconnecting a closed stream
+
+
+def _clean(value: object) -> str:
+    """Event names and ids must not carry line breaks: they would end the field."""
+    return str(value).replace("\r", "").replace("\n", "")
+
+
+def sse(event: str | None, data: str, event_id: object = None) -> str:
+    """One SSE message; multi-line data becomes several `data:` lines."""
+    lines = [] if event_id is None else [f"id: {_clean(event_id)}"]
+    if event:
+        lines.append(f"event: {_clean(event)}")
+    lines += [f"data: {line}" for line in (data.splitlines() or [""])]
+    return "\n".join(lines) + "\n\n"
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """The version a reconnecting browser last saw; anything malformed is ignored."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 15:
+        return int(value)
+    return None
+
+
+def _stream(generate: Iterator[str]) -> Response:
+    return Response(
+        stream_with_context(generate),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+class _Lease:
+    """A per-owner stream slot, renewed while the stream lives, released when it ends."""
+
+    def __init__(self, owner: str):
+        self.limits = services().limits
+        self.owner = owner
+        self.token = self.limits.open_stream(owner)
+
+    def renew(self) -> None:
+        self.limits.renew_stream(self.owner, self.token)
+
+    def release(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # the lease expires by itself
+            self.limits.close_stream(self.owner, self.token)
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """The job's live stream: `progress` events, then one `done` event, then the end."""
+    job = load_job(job_id)
+    svc = services()
+    svc.hub.ensure_ready()
+    lease = _Lease(job.owner)
+    last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
+
+    def generate() -> Iterator[str]:
+        try:
+            yield f"retry: {RETRY_MS}\n\n"  # headers and a first byte go out at once
+            with svc.hub.watch(job_ids=[job.id]) as watcher:
+                deadline = time.monotonic() + svc.settings.stream_max_seconds
+                sent = last_seen
+                while True:
+                    state, items, log_lines = svc.store.get_detail(job.id)
+                    if state is None:  # removed meanwhile
+                        return
+                    state = reap_if_stale(state)
+                    if state.finished:  # always sent: it is what closes the browser's stream
+                        yield sse(
+                            "done", render_progress_of(state, items, log_lines), state.version
+                        )
+                        return
+                    if sent is None or state.version > sent:
+                        yield sse(
+                            "progress", render_progress_of(state, items, log_lines), state.version
+                        )
+                        sent = state.version
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return  # the browser reconnects with Last-Event-ID
+                    if watcher.wait(min(svc.settings.keepalive_seconds, remaining)) is None:
+                        yield ": keepalive\n\n"
+                        lease.renew()
+        except redis.RedisError as exc:
+            log.warning("job %s: stream ended, redis unavailable: %s", job.id, exc)
+        finally:
+            lease.release()
+
+    return _stream(generate())
+
+
+@bp.get("/events")
+def owner_events():
+    """The visitor's stream for list pages: `job-<id>` row events and `notice` events."""
+    owner = current_owner()
+    svc = services()
+    svc.hub.ensure_ready()
+    lease = _Lease(owner)
+
+    def generate() -> Iterator[str]:
+        try:
+            yield f"retry: {RETRY_MS}\n\n"
+            with svc.hub.watch(owner=owner) as watcher:
+                deadline = time.monotonic() + svc.settings.stream_max_seconds
+                jobs = svc.store.list_for_owner(owner)
+                statuses = {}
+                changed = None
+                while True:
+                    for job in jobs:
+                        job = reap_if_stale(job)
+                        yield sse(f"job-{job.id}", render_row(job))
+                        was = statuses.get(job.id)
+                        if job.finished and was is not None and was not in FINAL_STATUSES:
+                            yield sse("notice", _render_notice(job))
+                        statuses[job.id] = job.status
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    changed = watcher.wait(min(svc.settings.keepalive_seconds, remaining))
+                    if changed is None:
+                        yield ": keepalive\n\n"
+                        lease.renew()
+                        jobs = []
+                        continue
+                    ids, everything = changed
+                    if everything:
+                        jobs = svc.store.list_for_owner(owner)
+                    else:
+                        jobs = svc.store.get_many(sorted(ids))
+                    for job in jobs:  # a job created elsewhere: known from now on
+                        statuses.setdefault(job.id, "queued")
+        except redis.RedisError as exc:
+            log.warning("owner stream ended, redis unavailable: %s", exc)
+        finally:
+            lease.release()
+
+    return _stream(generate())
+
+
+def _render_notice(job) -> str:
+    return render_template("partials/notice.html", job=job)

@@ -1,0 +1,129 @@
+/* Headway's page behaviour: connection indicator, fallback to polling, tab title, upload bar.
+   Plain JavaScript on top of htmx and its SSE extension; no build step. */
+(function () {
+  "use strict";
+
+  var MAX_SSE_FAILURES = 3; // consecutive errors before polling takes over (transport "auto")
+  var POLL_RETRY_MS = 2000;
+  var FINAL = ["succeeded", "failed", "cancelled", "interrupted"];
+  var failures = 0;
+
+  function byId(id) { return document.getElementById(id); }
+
+  function setConnection(state, text) {
+    var el = byId("connection");
+    if (!el) { return; }
+    el.dataset.state = state;
+    el.querySelector(".connection-text").textContent = text;
+  }
+
+  function jobFinished() {
+    var progress = byId("job-progress");
+    return progress && FINAL.indexOf(progress.dataset.status) !== -1;
+  }
+
+  function refreshTitle() {
+    var progress = byId("job-progress"), title = byId("job-title");
+    if (progress && title) {
+      document.title = progress.dataset.percent + "% · " + title.dataset.title;
+    }
+  }
+
+  function poll() {
+    var live = byId("job-live");
+    if (live && !jobFinished()) {
+      htmx.ajax("GET", live.dataset.pollUrl, { target: "#job-progress", swap: "outerHTML" });
+    }
+  }
+
+  function pollRows() {
+    var root = byId("live-root"), rows = byId("job-rows");
+    if (root && rows) {
+      htmx.ajax("GET", root.dataset.rowsUrl, { target: "#job-rows", swap: "outerHTML" });
+    }
+  }
+
+  function giveUpStream(elt, source) {
+    if (source) { source.close(); }
+    elt.removeAttribute("sse-connect");
+    elt.removeAttribute("hx-ext");
+  }
+
+  document.addEventListener("htmx:sseOpen", function (evt) {
+    failures = 0;
+    if (evt.target.id === "job-live") { setConnection("live", "live"); }
+  });
+
+  document.addEventListener("htmx:sseError", function (evt) {
+    var elt = evt.target;
+    failures += 1;
+    var auto = (byId("connection") || { dataset: {} }).dataset.transport !== "sse";
+    if (failures < MAX_SSE_FAILURES || !auto) {
+      if (elt.id === "job-live") { setConnection("reconnecting", "reconnecting…"); }
+      return;
+    }
+    giveUpStream(elt, evt.detail && evt.detail.source);
+    if (elt.id === "job-live") {
+      setConnection("polling", "polling");
+      poll();
+    } else if (elt.id === "live-root") {
+      pollRows();
+    }
+  });
+
+  // A failed poll (server restarting, Redis down) tries again instead of stopping.
+  function pollFailed(evt) {
+    var target = evt.detail.target;
+    if (target && target.id === "job-progress") {
+      setConnection("reconnecting", "reconnecting…");
+      window.setTimeout(poll, POLL_RETRY_MS);
+    } else if (target && target.id === "job-rows") {
+      window.setTimeout(pollRows, POLL_RETRY_MS);
+    }
+  }
+  document.addEventListener("htmx:responseError", pollFailed);
+  document.addEventListener("htmx:sendError", pollFailed);
+
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    refreshTitle();
+    var connection = byId("connection");
+    if (jobFinished() && connection) {
+      setConnection("finished", "finished");
+    } else if (evt.detail.target && evt.detail.target.id === "job-progress" &&
+               connection && connection.dataset.state === "reconnecting" &&
+               !byId("job-live").hasAttribute("sse-connect")) {
+      setConnection("polling", "polling");
+    }
+  });
+
+  // Forms answered with a refusal (400, 413, 422, 429) show the message in place.
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var status = evt.detail.xhr.status;
+    if (evt.detail.target.id === "job-form" && [400, 413, 422, 429].indexOf(status) !== -1) {
+      evt.detail.shouldSwap = true;
+      evt.detail.isError = false;
+    }
+  });
+
+  // The upload bar, while the browser sends the files.
+  document.addEventListener("htmx:xhr:progress", function (evt) {
+    var box = byId("upload-progress");
+    if (!box || !evt.detail.lengthComputable) { return; }
+    var pct = Math.floor(100 * evt.detail.loaded / Math.max(evt.detail.total, 1));
+    box.hidden = false;
+    box.querySelector("[role=progressbar]").setAttribute("aria-valuenow", pct);
+    byId("upload-bar-fill").style.width = pct + "%";
+    byId("upload-percent").textContent = pct + " %";
+  });
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    if (evt.detail.elt.id === "job-form") {
+      evt.detail.elt.querySelector("button[type=submit]").disabled = true;
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    refreshTitle();
+    var connection = byId("connection");
+    if (connection && connection.dataset.state === "polling") { setConnection("polling", "polling"); }
+  });
+})();
