@@ -7,6 +7,7 @@ Jobs created per minute: a counter per owner and minute.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 
@@ -54,7 +55,7 @@ class Limits:
             raise LimitExceeded(
                 f"Too many live streams open ({self.settings.max_streams_per_owner} at most); "
                 "close some tabs.",
-                retry_after=int(self.settings.keepalive_seconds),
+                retry_after=max(1, math.ceil(self.settings.keepalive_seconds)),
             )
         return token
 

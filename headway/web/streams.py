@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, Response, render_template, request, stream_with_context
+from flask import Blueprint, Response, current_app, render_template, request
 
 from headway.store import FINAL_STATUSES
 from headway.web import current_owner, load_job, reap_if_stale, services
@@ -48,10 +48,20 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 def _stream(generate: Iterator[str]) -> Response:
     return Response(
-        stream_with_context(generate),
+        generate,
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def _request_context():
+    """A fresh context of the current request, for rendering between yields.
+
+    A stream holds no context while it waits: holding one across yields would tangle the
+    context stacks of streams that share a thread.
+    """
+    app, environ = current_app._get_current_object(), dict(request.environ)
+    return lambda: app.request_context(environ)
 
 
 class _Lease:
@@ -70,6 +80,20 @@ class _Lease:
             self.limits.close_stream(self.owner, self.token)
 
 
+def _job_message(job_id: str, sent: int | None) -> tuple[str | None, bool, int | None]:
+    """The message to send for the job's current state: (message, final?, version sent)."""
+    state, items, log_lines = services().store.get_detail(job_id)
+    if state is None:  # removed meanwhile
+        return None, True, sent
+    state = reap_if_stale(state)
+    if state.finished:  # always sent: it is what closes the browser's stream
+        return sse("done", render_progress_of(state, items, log_lines), state.version), True, sent
+    if sent is None or state.version > sent:
+        message = sse("progress", render_progress_of(state, items, log_lines), state.version)
+        return message, False, state.version
+    return None, False, sent
+
+
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
     """The job's live stream: `progress` events, then one `done` event, then the end."""
@@ -79,6 +103,8 @@ def job_events(job_id: str):
     lease = _Lease(job.owner)
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
 
+    context = _request_context()
+
     def generate() -> Iterator[str]:
         try:
             yield f"retry: {RETRY_MS}\n\n"  # headers and a first byte go out at once
@@ -86,20 +112,12 @@ def job_events(job_id: str):
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 sent = last_seen
                 while True:
-                    state, items, log_lines = svc.store.get_detail(job.id)
-                    if state is None:  # removed meanwhile
+                    with context():
+                        message, final, sent = _job_message(job.id, sent)
+                    if message:
+                        yield message
+                    if final:
                         return
-                    state = reap_if_stale(state)
-                    if state.finished:  # always sent: it is what closes the browser's stream
-                        yield sse(
-                            "done", render_progress_of(state, items, log_lines), state.version
-                        )
-                        return
-                    if sent is None or state.version > sent:
-                        yield sse(
-                            "progress", render_progress_of(state, items, log_lines), state.version
-                        )
-                        sent = state.version
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return  # the browser reconnects with Last-Event-ID
@@ -122,22 +140,20 @@ def owner_events():
     svc.hub.ensure_ready()
     lease = _Lease(owner)
 
+    context = _request_context()
+
     def generate() -> Iterator[str]:
         try:
             yield f"retry: {RETRY_MS}\n\n"
             with svc.hub.watch(owner=owner) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
+                statuses: dict[str, str] = {}
                 jobs = svc.store.list_for_owner(owner)
-                statuses = {}
-                changed = None
                 while True:
-                    for job in jobs:
-                        job = reap_if_stale(job)
-                        yield sse(f"job-{job.id}", render_row(job))
-                        was = statuses.get(job.id)
-                        if job.finished and was is not None and was not in FINAL_STATUSES:
-                            yield sse("notice", _render_notice(job))
-                        statuses[job.id] = job.status
+                    with context():
+                        messages = _owner_messages(jobs, statuses)
+                    if messages:
+                        yield messages
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return
@@ -162,5 +178,14 @@ def owner_events():
     return _stream(generate())
 
 
-def _render_notice(job) -> str:
-    return render_template("partials/notice.html", job=job)
+def _owner_messages(jobs, statuses: dict[str, str]) -> str:
+    """A row event per job, and a notice for each that has just finished."""
+    messages = []
+    for job in jobs:
+        job = reap_if_stale(job)
+        messages.append(sse(f"job-{job.id}", render_row(job)))
+        was = statuses.get(job.id)
+        if job.finished and was is not None and was not in FINAL_STATUSES:
+            messages.append(sse("notice", render_template("partials/notice.html", job=job)))
+        statuses[job.id] = job.status
+    return "".join(messages)

@@ -1,0 +1,247 @@
+"""The SSE streams, server side: headers at once, subscribe-then-read, state not events."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app import create_app
+from headway.store import CHANNEL
+from headway.web.streams import parse_last_event_id, sse
+
+OWNER = "owner-stream"
+
+
+@pytest.fixture
+def web():
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "STREAM_MAX_SECONDS": 30})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    return client
+
+
+def new_job(store, owner=OWNER, status="running"):
+    job_id = store.create(kind="steps", owner=owner, title="t", stages=["Work"])
+    if status != "queued":
+        store.update(job_id, {"status": "running", "heartbeat": time.time()})
+    return job_id
+
+
+class Events:
+    """Reads a streamed response message by message."""
+
+    def __init__(self, response):
+        self.response = response
+        self.chunks = iter(response.response)
+        self.buffer = ""
+        self.ended = False
+
+    def next(self) -> dict | None:
+        """The next message as a dict of fields (comments under ":"); None once it ends."""
+        while "\n\n" not in self.buffer:
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                self.ended = True
+                return None
+            self.buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        raw, self.buffer = self.buffer.split("\n\n", 1)
+        message: dict = {}
+        for line in raw.split("\n"):
+            field, _, value = line.partition(":")
+            message.setdefault(field, []).append(value.removeprefix(" "))
+        return {k: "\n".join(v) for k, v in message.items()}
+
+    def next_event(self) -> dict | None:
+        while (message := self.next()) is not None:
+            if "event" in message:
+                return message
+        return None
+
+    def close(self):
+        self.response.close()
+
+
+def open_stream(web, job_id, **headers):
+    response = web.get(f"/jobs/{job_id}/events", headers=headers, buffered=False)
+    return response, Events(response)
+
+
+def test_headers_and_retry_hint_go_out_at_once(web, store):
+    job_id = new_job(store)
+    response, events = open_stream(web, job_id)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert events.next() == {"retry": "1000"}
+    snapshot = events.next_event()
+    assert snapshot["event"] == "progress" and snapshot["id"] == str(store.get(job_id).version)
+    assert 'id="job-progress"' in snapshot["data"]
+    events.close()
+
+
+def test_updates_arrive_and_the_final_state_closes_the_stream(web, store):
+    job_id = new_job(store)
+    _, events = open_stream(web, job_id)
+    events.next_event()
+    store.update(job_id, {"progress": 40.0, "message": "Forty"})
+    update = events.next_event()
+    assert update["event"] == "progress" and "Forty" in update["data"]
+    assert 'aria-valuenow="40"' in update["data"]
+    store.update(job_id, {"status": "succeeded", "progress": 100.0, "files": []})
+    done = events.next_event()
+    assert done["event"] == "done" and "badge-succeeded" in done["data"]
+    assert events.next() is None and events.ended
+
+
+def test_stream_on_a_finished_job_sends_done_at_once_and_ends(web, store):
+    job_id = new_job(store)
+    store.update(job_id, {"status": "failed", "error": "It broke"})
+    _, events = open_stream(web, job_id)
+    done = events.next_event()
+    assert done["event"] == "done" and "It broke" in done["data"] and "Retry" in done["data"]
+    assert events.next() is None
+
+
+def test_reconnect_with_current_version_gets_no_duplicate(web, store):
+    job_id = new_job(store)
+    version = store.get(job_id).version
+    _, events = open_stream(web, job_id, **{"Last-Event-ID": str(version)})
+    assert events.next() == {"retry": "1000"}
+    assert events.next() == {"": "keepalive"}  # nothing new: only a keepalive comment
+    store.update(job_id, {"progress": 10.0})
+    assert events.next_event()["id"] == str(version + 1)
+    events.close()
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "12; event: x", "9" * 40, "１２"])
+def test_malformed_last_event_id_is_ignored(web, store, bad):
+    job_id = new_job(store)
+    response, events = open_stream(web, job_id, **{"Last-Event-ID": bad})
+    assert response.status_code == 200
+    assert events.next_event()["id"] == str(store.get(job_id).version)
+    events.close()
+
+
+def test_a_burst_collapses_into_the_newest_state(web, store):
+    job_id = new_job(store)
+    _, events = open_stream(web, job_id)
+    first = int(events.next_event()["id"])
+    for i in range(1, 201):
+        store.update(job_id, {"progress": i / 2})
+    store.update(job_id, {"status": "succeeded"})
+    received = []
+    while (event := events.next_event()) is not None:
+        received.append(int(event["id"]))
+    final_version = store.get(job_id).version
+    assert received[-1] == final_version == first + 201
+    assert len(received) < 100  # state, not a replay of every change
+    assert received == sorted(received)
+
+
+def test_update_between_render_and_stream_start_is_not_missed(web, store):
+    job_id = new_job(store)
+    web.get(f"/jobs/{job_id}")  # the page is rendered...
+    store.update(job_id, {"status": "succeeded", "progress": 100.0})  # ...the job ends...
+    _, events = open_stream(web, job_id)  # ...and then the stream starts
+    assert events.next_event()["event"] == "done"
+
+
+def test_one_redis_subscription_however_many_streams(web, store):
+    [(_, before)] = store.client.pubsub_numsub(CHANNEL)  # other tests' apps hold theirs
+    jobs = [new_job(store) for _ in range(12)]
+    streams = [open_stream(web, job_id)[1] for job_id in jobs]
+    for events in streams:
+        events.next_event()
+    assert store.client.pubsub_numsub(CHANNEL) == [(CHANNEL, before + 1)]
+    hub = web.application.extensions["headway"].hub
+    assert hub.watcher_count == 12
+    for events in streams:
+        events.close()
+    assert hub.watcher_count == 0
+
+
+def test_many_streams_in_threads_all_get_the_final_state(web, store):
+    job_id = new_job(store)
+    results = []
+
+    def watch():
+        _, events = open_stream(web, job_id)
+        last = None
+        while (event := events.next_event()) is not None:
+            last = event
+        results.append(last["event"])
+
+    threads = [threading.Thread(target=watch) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for i in range(1, 20):
+        store.update(job_id, {"progress": i * 5.0})
+        time.sleep(0.01)
+    store.update(job_id, {"status": "succeeded", "progress": 100.0})
+    for t in threads:
+        t.join(20)
+    assert results == ["done"] * 10
+
+
+def test_stream_lifetime_is_capped(store):
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.1, "STREAM_MAX_SECONDS": 0.5})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    _, events = open_stream(client, new_job(store))
+    while events.next() is not None:
+        pass
+    assert events.ended  # the browser reconnects with Last-Event-ID
+
+
+def test_foreign_and_unknown_streams_are_404(web, store):
+    foreign = new_job(store, owner="someone-else")
+    assert web.get(f"/jobs/{foreign}/events").status_code == 404
+    assert web.get("/jobs/0123456789abcdef0123456789abcdef/events").status_code == 404
+    assert web.get("/jobs/not-an-id/events").status_code == 404
+
+
+def test_streams_per_owner_are_capped_with_429(store):
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "MAX_STREAMS_PER_OWNER": 3})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    job_id = new_job(store)
+    opened = [open_stream(client, job_id) for _ in range(3)]
+    for _, events in opened:
+        events.next_event()
+    refused = client.get(f"/jobs/{job_id}/events")
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    opened[0][1].close()  # a closed stream frees its slot
+    response, events = open_stream(client, job_id)
+    assert response.status_code == 200
+    events.close()
+    for _, e in opened[1:]:
+        e.close()
+
+
+def test_owner_stream_sends_rows_and_a_notice_when_a_job_ends(web, store):
+    mine = new_job(store)
+    new_job(store, owner="someone-else")
+    response = web.get("/events", buffered=False)
+    events = Events(response)
+    first = events.next_event()
+    assert first["event"] == f"job-{mine}" and f'id="job-row-{mine}"' in first["data"]
+    store.update(mine, {"status": "succeeded", "progress": 100.0})
+    names = {events.next_event()["event"], events.next_event()["event"]}
+    assert names == {f"job-{mine}", "notice"}
+    events.close()
+
+
+def test_sse_fields_never_carry_line_breaks():
+    message = sse("a\r\nevent: evil", "line one\nline two\r\nline three", "7\n8")
+    assert message == (
+        "id: 78\nevent: aevent: evil\ndata: line one\ndata: line two\ndata: line three\n\n"
+    )
+    assert parse_last_event_id("12") == 12 and parse_last_event_id("1 2") is None
