@@ -69,8 +69,11 @@ class Limits:
         if token:
             self.client.zrem(f"hw:streams:{owner}", token)
 
-    def count_job(self, owner: str, running_now: int) -> None:
-        """Count one job creation; raises LimitExceeded past either per-owner limit."""
+    def _rate_key(self, owner: str, now: float) -> str:
+        return f"hw:rate:{owner}:{int(now // 60)}"
+
+    def check_job(self, owner: str, running_now: int) -> None:
+        """Raise LimitExceeded if the owner may not start another job now."""
         if not self.enabled:
             return
         if running_now >= self.settings.running_jobs_per_owner:
@@ -80,13 +83,19 @@ class Limits:
                 retry_after=10,
             )
         now = time.time()
-        key = f"hw:rate:{owner}:{int(now // 60)}"
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = pipe.execute()
-        if count > self.settings.jobs_per_minute:
+        started = int(self.client.get(self._rate_key(owner, now)) or 0)
+        if started >= self.settings.jobs_per_minute:
             raise LimitExceeded(
                 f"Too many jobs started this minute ({self.settings.jobs_per_minute} at most).",
                 retry_after=60 - int(now % 60),
             )
+
+    def record_job(self, owner: str) -> None:
+        """Count a job that was accepted (refused uploads do not count)."""
+        if not self.enabled:
+            return
+        key = self._rate_key(owner, time.time())
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        pipe.execute()

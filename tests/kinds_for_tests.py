@@ -86,3 +86,41 @@ KINDS = [
         **_common,
     ),
 ]
+
+
+def must_be_text(path) -> str | None:
+    """Accept UTF-8 text only: decided by the bytes, never by the name."""
+    data = path.read_bytes()[:4096]
+    if b"\0" in data:
+        return "is not a text file"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(data) - 3:  # a character cut at the sample's end is fine
+            return "is not UTF-8 text"
+    return None
+
+
+def count_lines(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=len(ctx.inputs))
+    with ctx.output("lines.txt").open("w") as out:
+        for path in ctx.inputs:
+            out.write(f"{path.name}\t{len(path.read_text().splitlines())}\n")
+            ctx.reporter.advance(current=path.name)
+
+
+KINDS.append(
+    JobKind(
+        slug="lines",
+        title="Count lines",
+        description="Counts lines of text files.",
+        work=count_lines,
+        check_file=must_be_text,
+        accept="text/*",
+        accept_label="text files",
+        min_files=1,
+        max_files=3,
+        max_total_bytes=1_000_000,
+        options=StepOptions,
+    )
+)

@@ -113,5 +113,7 @@ def retry(job_id: str):
     if job.retried_as:
         return _after_action(job.id, job.retried_as)
     svc = services()
-    svc.limits.count_job(job.owner, running_now=svc.store.owner_running_count(job.owner))
-    return _after_action(job.id, control.retry(job))
+    svc.limits.check_job(job.owner, running_now=svc.store.owner_running_count(job.owner))
+    new_id = control.retry(job)
+    svc.limits.record_job(job.owner)
+    return _after_action(job.id, new_id)

@@ -51,7 +51,15 @@ class UploadRequest(Request):
     ):
         spool = services().settings.instance_path / "uploads"
         spool.mkdir(parents=True, exist_ok=True)
-        return tempfile.NamedTemporaryFile("wb+", dir=spool, prefix="upload-")
+        stream = tempfile.NamedTemporaryFile("wb+", dir=spool, prefix="upload-")
+        self.__dict__.setdefault("_spooled", []).append(stream)
+        return stream
+
+    def close(self) -> None:
+        """Remove every spooled file, those of a refused or cut-off upload included."""
+        super().close()
+        for stream in self.__dict__.pop("_spooled", []):
+            stream.close()
 
 
 class Refused(Exception):
@@ -166,7 +174,7 @@ def new_job(slug: str):
         return _form_response(kind, form, "Please correct the highlighted fields.", 400)
 
     owner = current_owner()
-    svc.limits.count_job(owner, running_now=svc.store.owner_running_count(owner))
+    svc.limits.check_job(owner, running_now=svc.store.owner_running_count(owner))
     job_id = new_job_id()
     job_dir = svc.store.job_dir(job_id)
     try:
@@ -187,6 +195,7 @@ def new_job(slug: str):
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
+    svc.limits.record_job(owner)
     page = url_for("pages.job_page", job_id=job_id)
     if is_htmx():
         return Response(headers={"HX-Redirect": page})

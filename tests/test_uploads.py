@@ -1,0 +1,231 @@
+"""Uploads and hostile input: each gets a precise answer, and nothing else changes."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import encode_multipart
+
+from app import create_app
+from headway.web.uploads import safe_name
+
+OWNER = "owner-up"
+
+
+@pytest.fixture
+def web():
+    app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    return client
+
+
+def snapshot(store) -> tuple:
+    """Everything a refused request must leave as it was: keys, queue, files on disk."""
+    jobs_dir = store.settings.jobs_dir
+    files = sorted(str(p) for p in jobs_dir.rglob("*")) if jobs_dir.exists() else []
+    return sorted(store.client.keys("*")), files
+
+
+def post(web, slug="lines", files=(), headers=None, **fields):
+    """A real multipart body, encoded in memory (the test client would spool big ones)."""
+    data = MultiDict({"steps": "3", "delay": "0", "fail_at": "-1", **fields})
+    for name, content in files:
+        data.add("files", FileStorage(io.BytesIO(content), filename=name))
+    boundary, body = encode_multipart(data)
+    return web.post(
+        f"/jobs/new/{slug}",
+        input_stream=io.BytesIO(body),
+        content_length=len(body),
+        content_type=f"multipart/form-data; boundary={boundary}",
+        headers=headers,
+    )
+
+
+def refused(web, store, expected_status, expected_text, **kwargs):
+    before = snapshot(store)
+    response = post(web, **kwargs)
+    assert response.status_code == expected_status
+    page = response.get_data(as_text=True)
+    assert expected_text in page, page[:2000]
+    assert snapshot(store) == before
+    return page
+
+
+def test_valid_upload_creates_the_job_and_redirects_to_its_page(web, store):
+    response = post(web, files=[("a.txt", b"one\ntwo\n"), ("b.txt", b"x\n")])
+    assert response.status_code == 303
+    job_id = re.fullmatch(r"/jobs/([0-9a-f]{32})", response.headers["Location"]).group(1)
+    job = store.get(job_id)
+    assert job.status == "queued" and job.owner == OWNER
+    assert job.inputs == ["a.txt", "b.txt"] and job.title == "Count lines: a.txt and 1 more"
+    assert (store.job_dir(job_id) / "input" / "a.txt").read_bytes() == b"one\ntwo\n"
+    assert not list((store.settings.instance_path / "uploads").iterdir())  # spool cleaned
+
+
+def test_htmx_upload_gets_the_htmx_redirect(web, store):
+    response = web.post(
+        "/jobs/new/lines",
+        headers={"HX-Request": "true"},
+        data={
+            "steps": "3",
+            "delay": "0",
+            "fail_at": "-1",
+            "files": [(io.BytesIO(b"hi\n"), "a.txt")],
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200
+    assert re.fullmatch(r"/jobs/[0-9a-f]{32}", response.headers["HX-Redirect"])
+
+
+def test_zero_files(web, store):
+    refused(web, store, 400, "Choose at least 1 file.")
+
+
+def test_too_many_files(web, store):
+    files = [(f"{i}.txt", b"x\n") for i in range(4)]
+    refused(web, store, 400, "Too many files: 4 chosen, Count lines takes at most 3.", files=files)
+
+
+def test_empty_file(web, store):
+    refused(web, store, 400, "“b.txt” is empty.", files=[("a.txt", b"x"), ("b.txt", b"")])
+
+
+def test_content_not_matching_the_accepted_type_is_refused_by_name(web, store):
+    png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(64)
+    refused(
+        web,
+        store,
+        400,
+        "“notes.txt” was refused: is not a text file.",
+        files=[("ok.txt", b"fine\n"), ("notes.txt", png)],
+    )
+
+
+def test_kind_total_size_limit_is_413_with_explanation(web, store):
+    big = b"x" * 600_000
+    refused(
+        web,
+        store,
+        413,
+        "The files add up to more than 1.0 MB, the most Count lines takes.",
+        files=[("a.txt", big), ("b.txt", big)],
+    )
+
+
+def test_request_over_the_kind_limit_is_refused_before_reading_it(web, store):
+    body = b"x" * 2_100_000  # never parsed: the declared length is enough to refuse it
+    before = snapshot(store)
+    response = web.post(
+        "/jobs/new/lines",
+        input_stream=io.BytesIO(body),
+        content_length=len(body),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert response.status_code == 413
+    assert "The upload is larger than 1.0 MB, the most Count lines takes." in response.text
+    assert snapshot(store) == before
+
+
+def test_request_over_the_global_limit_is_413(store):
+    app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MAX_UPLOAD_BYTES": 1000})
+    client = app.test_client()
+    before = snapshot(store)
+    response = client.post(
+        "/jobs/new/steps",
+        data={"files": [(io.BytesIO(b"x" * 5000), "a")]},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 413
+    assert "the most this server accepts" in response.get_data(as_text=True)
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("steps", "0", "Number must be between 1 and 10000."),
+        ("steps", "many", "Not a valid integer value."),
+        ("delay", "1e999", "Number must be between 0 and 10."),
+        ("delay", "", "Not a valid float value."),
+    ],
+)
+def test_form_fields_out_of_range_or_of_the_wrong_type(web, store, field, value, message):
+    page = refused(
+        web,
+        store,
+        400,
+        "Please correct the highlighted fields.",
+        files=[("a.txt", b"x\n")],
+        **{field: value},
+    )
+    assert message in page
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("/etc/shadow", "shadow"),
+        ("evil\0name.txt", "evilname.txt"),
+        ("....", "file-1"),
+        ("über café.txt", "über café.txt"),
+        ("a" * 10_000 + ".txt", "a" * 116 + ".txt"),
+    ],
+)
+def test_hostile_file_names_are_made_safe(web, store, raw, stored):
+    response = post(web, files=[(raw, b"text\n")])
+    assert response.status_code == 303, response.get_data(as_text=True)[:500]
+    job_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert store.get(job_id).inputs == [stored]
+    inputs = store.job_dir(job_id) / "input"
+    assert [p.name for p in inputs.iterdir()] == [stored]
+    assert (inputs / stored).resolve().parent == inputs.resolve()
+
+
+def test_same_name_twice_keeps_both_files(web, store):
+    response = post(web, files=[("a.txt", b"1\n"), ("a.txt", b"2\n")])
+    job_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert store.get(job_id).inputs == ["a.txt", "a (2).txt"]
+
+
+def test_unknown_kind_is_404(web):
+    assert web.get("/jobs/new/nope").status_code == 404
+    assert web.post("/jobs/new/nope").status_code == 404
+
+
+def test_the_form_renders_fields_with_defaults(web):
+    page = web.get("/jobs/new/steps").get_data(as_text=True)
+    assert 'name="files"' in page and "multiple" in page
+    assert 'name="steps"' in page and 'value="10"' in page
+    assert 'id="upload-progress"' in page
+
+
+def test_upload_spools_to_disk_not_memory(web, store, tmp_path: Path):
+    """Files reach the job folder through the on-disk spool (a hard link, not a copy)."""
+    response = post(web, files=[("a.txt", b"line\n" * 1000)])
+    job_id = response.headers["Location"].rsplit("/", 1)[1]
+    saved = store.job_dir(job_id) / "input" / "a.txt"
+    assert os.stat(saved).st_size == 5000
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("C:\\Users\\me\\..\\win.ini", "win.ini"),
+        ("a/../../b.txt", "b.txt"),
+        ("\x00\x1b[31mred.txt", "[31mred.txt"),
+        ("  spaced   out .txt  ", "spaced out .txt"),
+        ("", "file-3"),
+        ("x." + "e" * 40, "x." + "e" * 16),
+    ],
+)
+def test_safe_name(raw, safe):
+    assert safe_name(raw, 2) == safe
