@@ -154,6 +154,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
         limits=Limits(client, settings),
     )
     app.request_class = uploads.UploadRequest
+    app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect
     app.jinja_env.trim_blocks = True  # smaller fragments on the wire
     app.jinja_env.lstrip_blocks = True
     app.before_request(ensure_owner)
