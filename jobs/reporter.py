@@ -218,6 +218,18 @@ class ProgressReporter:
                 self._cancelled = True
         self.check()
 
+    def flush_final(self, patience: float = 600.0, **extra) -> None:
+        """Write now, and if Redis is unreachable keep trying: a result must not be lost."""
+        self.flush(**extra)
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while self._unreachable_since is not None:
+            if time.monotonic() > deadline:
+                raise redis.ConnectionError(f"job {self.job_id}: redis unreachable for too long")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self.flush()
+
     def _keep_for_later(self, fields, logs, items, exc) -> None:
         """Redis is unreachable: keep what was not written, carry on working."""
         with self._lock:

@@ -63,7 +63,12 @@ def run_job(job_id: str, task=None) -> None:
             files = sorted((p for p in output_dir.iterdir() if p.is_file()), key=lambda p: p.name)
             if not files:
                 raise JobError("The job finished without producing a result file.")
-            reporter.flush(files=[{"name": p.name, "size": p.stat().st_size} for p in files])
+            # Waits out a Redis outage, so that Huey's own bookkeeping after the task, and
+            # the `complete` signal that marks the job succeeded, find Redis back.
+            reporter.flush_final(
+                FINAL_WRITE_PATIENCE,
+                files=[{"name": p.name, "size": p.stat().st_size} for p in files],
+            )
     except JobCancelled:
         raise CancelExecution(retry=False) from None
 

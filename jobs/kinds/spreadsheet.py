@@ -1,0 +1,670 @@
+"""Profile and convert tables: CSV in any common encoding and delimiter, or XLSX.
+
+For each input `<stem>.csv` or `<stem>.xlsx` the results are `<stem>.report.html` (rows,
+column types, missing values, ranges, common values, malformed rows by line number) and the
+data converted to XLSX, CSV (UTF-8, comma) or JSON Lines. Numbers become numbers in XLSX and
+JSON Lines; everything else is copied as written. Only the first sheet of a workbook is read.
+
+Files of any size stream through in one pass with bounded memory, and progress is counted
+in bytes read. A malformed row (wrong number of fields, bytes the encoding cannot decode,
+a line or field beyond the size limits) is listed in the report and left out; it never
+stops the job.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import Any
+
+import charset_normalizer
+import openpyxl
+import wtforms
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
+
+from jobs.kinds import JobContext, JobError, JobKind
+from jobs.kinds._common import UniqueNames, read_options
+from jobs.kinds._profile import (
+    TableProfile,
+    classify,
+    classify_value,
+    output_number,
+    render_report,
+)
+from jobs.reporter import JobCancelled
+
+NOT_A_TABLE = "is not a table (CSV or XLSX)"
+DELIMITERS = ",;\t|"
+SAMPLE_BYTES = 64 * 1024  # read from the start (and a few places further in) to detect
+SNIFF_CHARS = 20_000  # of the sample, for the delimiter (csv.Sniffer is slow on more)
+READ_BUFFER = 1024 * 1024
+
+MAX_FIELD_CHARS = 10 * 1024 * 1024
+MAX_LINE_CHARS = MAX_FIELD_CHARS
+MAX_RECORD_CHARS = 4 * MAX_FIELD_CHARS  # one record may span many lines
+# The csv module's limit is global to the process; the default (128 KiB) is too small for
+# real files, and without a limit one unclosed quote would read a whole file into memory.
+csv.field_size_limit(MAX_FIELD_CHARS)
+
+# Undecodable bytes and over-long lines become these lone surrogates, which no decoder ever
+# produces: a row that contains one is malformed, and we know why.
+UNDECODABLE = "\udcff"
+OVERLONG = "\udcfe"
+MARK_UNDECODABLE = "headway-mark-undecodable"
+codecs.register_error(MARK_UNDECODABLE, lambda exc: (UNDECODABLE, exc.end))
+
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE, whose BOM it starts with
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Single-byte Western code pages decode the same bytes into different letters, and no
+# detector tells them apart reliably from a sample. When Windows-1252 (what Excel writes on
+# Western systems, and a superset of Latin-1's letters) reads the sample about as cleanly
+# as the detector's favourite, we take it.
+PREFERRED_ENCODING = "cp1252"
+CHAOS_MARGIN = 0.05
+
+XLSX_MAX_ROWS = 1_048_576
+XLSX_MAX_CHARS = 32_767
+
+
+class SpreadsheetOptions(wtforms.Form):
+    output_format = wtforms.SelectField(
+        "Convert to",
+        default="xlsx",
+        choices=[
+            wtforms.SelectChoice("xlsx", "XLSX workbook"),
+            wtforms.SelectChoice("csv", "CSV (UTF-8)"),
+            wtforms.SelectChoice("jsonl", "JSON Lines"),
+        ],
+    )
+
+
+# -- what a file is -------------------------------------------------------------------------
+
+
+class NotATable(Exception):
+    """The file cannot be read as a table; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvFormat:
+    encoding: str
+    delimiter: str
+
+    def describe(self) -> str:
+        shown = {"\t": "tab", " ": "space"}.get(self.delimiter, self.delimiter)
+        return f"CSV, encoding {self.encoding}, delimiter {shown}"
+
+
+def detect(path: Path) -> CsvFormat | None:
+    """The CSV format of a file, or None for an XLSX workbook; NotATable for anything else."""
+    with path.open("rb") as file:
+        head = file.read(SAMPLE_BYTES)
+    if not head:
+        raise NotATable("is empty")
+    if head.startswith(b"PK\x03\x04"):
+        if is_xlsx(path):
+            return None
+        raise NotATable("is a zip archive, not an XLSX workbook")
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        raise NotATable("is an old Excel (.xls) or other Office file: save it as XLSX or CSV")
+    encoding = detect_encoding(path, head)
+    text = decode_sample(head, encoding)
+    if looks_binary(text):
+        raise NotATable(NOT_A_TABLE)
+    return CsvFormat(encoding, detect_delimiter(text))
+
+
+def is_xlsx(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "xl/workbook.xml" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def detect_encoding(path: Path, head: bytes) -> str:
+    for bom, encoding in BOMS:
+        if head.startswith(bom):
+            return encoding
+    if utf16 := bomless_utf16(head):
+        return utf16
+    sample = sample_lines(path, head)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    matches = charset_normalizer.from_bytes(sample)
+    best = matches.best()
+    if best is None:
+        raise NotATable(NOT_A_TABLE)
+    for match in matches:
+        plausible = match.chaos <= best.chaos + CHAOS_MARGIN
+        if plausible and PREFERRED_ENCODING in (match.encoding, *match.could_be_from_charset):
+            return PREFERRED_ENCODING
+    return best.encoding
+
+
+def bomless_utf16(head: bytes) -> str | None:
+    """UTF-16 without a byte order mark: for most text, every other byte is zero."""
+    even, odd = head[0::2], head[1::2]
+    if odd.count(0) > 0.4 * len(odd) and even.count(0) < 0.05 * len(even):
+        return "utf-16-le"
+    if even.count(0) > 0.4 * len(even) and odd.count(0) < 0.05 * len(odd):
+        return "utf-16-be"
+    return None
+
+
+def sample_lines(path: Path, head: bytes) -> bytes:
+    """Whole lines from the start, middle and end of a file, to detect its encoding by.
+
+    A file whose first 64 KiB are plain ASCII can still hold a "é" further down.
+    """
+    size = path.stat().st_size
+    if size <= len(head):
+        return head
+    pieces = [_whole_lines(head, from_start=True)]
+    with path.open("rb") as file:
+        for fraction in (0.25, 0.5, 0.75, 1.0):
+            file.seek(max(int(size * fraction) - SAMPLE_BYTES, len(head)))
+            pieces.append(_whole_lines(file.read(SAMPLE_BYTES), from_start=False))
+    return b"".join(pieces)
+
+
+def _whole_lines(chunk: bytes, from_start: bool) -> bytes:
+    """Cut a chunk to whole lines, so no multi-byte character is split."""
+    start = 0 if from_start else chunk.find(b"\n") + 1
+    end = chunk.rfind(b"\n") + 1
+    return chunk[start:end] if end > start else (chunk if from_start else b"")
+
+
+def decode_sample(head: bytes, encoding: str) -> str:
+    text = codecs.getincrementaldecoder(encoding)("replace").decode(head)
+    return text[: text.rfind("\n") + 1] if "\n" in text and len(head) == SAMPLE_BYTES else text
+
+
+def looks_binary(text: str) -> bool:
+    """Control characters other than tab and line breaks do not occur in tables."""
+    controls = sum(1 for c in text if c < " " and c not in "\t\n\r\f\v")
+    return controls > len(text) / 100
+
+
+def detect_delimiter(text: str) -> str:
+    """csv.Sniffer's answer if the rows agree with it, else the most consistent candidate."""
+    sample = text[:SNIFF_CHARS]
+    scores = {delimiter: consistency(sample, delimiter) for delimiter in DELIMITERS}
+    try:
+        sniffed = csv.Sniffer().sniff(sample, DELIMITERS).delimiter
+    except csv.Error:
+        sniffed = None
+    if sniffed in scores and scores[sniffed][1] > 1 and scores[sniffed][0] >= 0.9:
+        return sniffed
+    best = max(DELIMITERS, key=lambda d: (scores[d][1] > 1, *scores[d]))
+    return best if scores[best][1] > 1 else ","
+
+
+def consistency(sample: str, delimiter: str) -> tuple[float, int]:
+    """(share of rows with the most common field count, that count) when split this way."""
+    try:
+        rows = [row for row in csv.reader(io.StringIO(sample), delimiter=delimiter) if row]
+    except csv.Error:
+        return 0.0, 0
+    if not rows:
+        return 0.0, 0
+    width, count = Counter(len(row) for row in rows).most_common(1)[0]
+    return count / len(rows), width
+
+
+def check_file(path: Path) -> str | None:
+    """Accept a CSV (as text in a known encoding) or an XLSX workbook (as its zip says)."""
+    try:
+        detect(path)
+    except NotATable as exc:
+        return str(exc)
+    return None
+
+
+# -- reading --------------------------------------------------------------------------------
+
+Progress = Callable[[int], None]  # called with the bytes of the file read so far
+
+
+class CountingFile(io.RawIOBase):
+    """A raw file that counts the bytes read through it: progress by bytes, at no cost."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.file = path.open("rb", buffering=0)
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        length = self.file.readinto(buffer) or 0
+        self.count += length
+        return length
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+class RecordTooLong(Exception):
+    pass
+
+
+class Lines:
+    """Physical lines for csv.reader, numbered, with limits that keep memory bounded.
+
+    A line longer than MAX_LINE_CHARS is skipped and replaced by an OVERLONG marker, so the
+    record it belongs to comes out malformed; a record growing past MAX_RECORD_CHARS raises
+    RecordTooLong (csv.reader starts afresh at the next line).
+    """
+
+    def __init__(self, text: io.TextIOBase):
+        self.text = text
+        self.number = 0
+        self._record_chars = 0
+
+    def __iter__(self) -> Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.text.readline(MAX_LINE_CHARS)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line) == MAX_LINE_CHARS and line[-1] not in "\r\n":
+            while (rest := self.text.readline(MAX_LINE_CHARS)) and rest[-1] not in "\r\n":
+                pass
+            line = OVERLONG + "\n"
+        self._record_chars += len(line)
+        if self._record_chars > MAX_RECORD_CHARS:
+            self._record_chars = 0
+            raise RecordTooLong
+        return line
+
+    def new_record(self) -> None:
+        self._record_chars = 0
+
+
+def read_csv(path: Path, fmt: CsvFormat, profile: TableProfile, writer, progress: Progress):
+    decimal_comma = fmt.delimiter != ","  # "3,5" is a number only where "," is no delimiter
+    with (
+        CountingFile(path) as counted,
+        io.TextIOWrapper(
+            io.BufferedReader(counted, READ_BUFFER),
+            encoding=fmt.encoding,
+            errors=MARK_UNDECODABLE,
+            newline="",  # csv handles line breaks itself, including those inside quotes
+        ) as text,
+    ):
+        lines = Lines(text)
+        reader = csv.reader(lines, delimiter=fmt.delimiter)
+        header: list[str] | None = None
+        reported = 0
+        while True:
+            first = lines.number + 1
+            lines.new_record()
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except (csv.Error, RecordTooLong) as exc:
+                profile.add_malformed(first, lines.number, _describe_csv_error(exc))
+                continue
+            finally:
+                if counted.count != reported:
+                    reported = counted.count
+                    progress(reported)
+            if not row:
+                profile.blank += 1
+                continue
+            problem = damage(row, fmt.encoding)
+            if header is None:
+                header = row
+                writer.start(header, profile.set_header([_clean(name) for name in header]))
+                if problem:
+                    profile.notes.append(f"The header row {problem}.")
+                continue
+            if not problem and len(row) != len(header):
+                row, problem = fit_width(row, len(header))
+            if problem:
+                profile.add_malformed(first, lines.number, problem)
+                continue
+            values = []
+            for column, text_value in zip(profile.columns, row, strict=True):
+                kind, parsed = (
+                    classify(text_value, decimal_comma) if text_value else ("missing", None)
+                )
+                column.add(kind, parsed, text_value.strip())
+                number = output_number(kind, parsed)
+                values.append(number if number is not None else (text_value or None))
+            profile.rows += 1
+            writer.write(row, values)
+
+
+def damage(row: list[str], encoding: str) -> str | None:
+    """Why a parsed row is malformed because of its bytes, if it is."""
+    joined = "\x1f".join(row)
+    if OVERLONG in joined:
+        return f"has a line longer than {MAX_LINE_CHARS // 1024**2} MiB characters"
+    if UNDECODABLE in joined:
+        return f"has bytes that are not valid {encoding}"
+    return None
+
+
+def fit_width(row: list[str], width: int) -> tuple[list[str], str | None]:
+    """Trailing empty fields beyond the header are harmless; any other mismatch is not."""
+    if len(row) > width and not any(field.strip() for field in row[width:]):
+        return row[:width], None
+    return row, f"has {len(row)} fields, expected {width}"
+
+
+def _describe_csv_error(exc: Exception) -> str:
+    if isinstance(exc, RecordTooLong):
+        return f"is a record longer than {MAX_RECORD_CHARS // 1024**2} MiB characters"
+    if "field larger than field limit" in str(exc):
+        return f"has a field longer than {MAX_FIELD_CHARS // 1024**2} MiB characters"
+    return f"could not be parsed ({exc})"
+
+
+def _clean(name: str) -> str:
+    return name.replace(UNDECODABLE, "\ufffd").replace(OVERLONG, "…")
+
+
+def read_xlsx(path: Path, profile: TableProfile, writer, progress: Progress) -> None:
+    """The first sheet, row by row. Progress is the share of rows (the sheet is compressed)."""
+    size = path.stat().st_size
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        others = workbook.sheetnames[1:]
+        if others:
+            profile.notes.append(
+                f"Only the first sheet, “{sheet.title}”, was read; also in the workbook: "
+                + ", ".join(f"“{name}”" for name in others)
+            )
+        expected_rows = max(sheet.max_row or 1, 1)
+        header: list | None = None
+        for number, cells in enumerate(sheet.iter_rows(values_only=True), 1):
+            if number % 512 == 0:
+                progress(int(size * min(number / expected_rows, 1.0)))
+            row = list(cells)
+            while row and row[-1] is None:
+                row.pop()
+            if not row:
+                profile.blank += 1
+                continue
+            if header is None:
+                header = [_as_text(value) for value in row]
+                writer.start(header, profile.set_header(header))
+                continue
+            if len(row) > len(header):
+                profile.add_malformed(
+                    number, number, f"has {len(row)} cells, expected {len(header)}"
+                )
+                continue
+            row += [None] * (len(header) - len(row))
+            for column, value in zip(profile.columns, row, strict=True):
+                kind, parsed = classify_value(value)
+                column.add(kind, parsed, _as_text(value).strip())
+            profile.rows += 1
+            writer.write([_as_text(value) for value in row], row)
+    finally:
+        workbook.close()
+    progress(size)
+
+
+def _as_text(value: Any) -> str:
+    """A cell value as CSV would hold it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime) and value.time() == datetime.time():
+        return value.date().isoformat()  # Excel keeps dates as midnight datetimes
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return str(value)
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+class CsvWriter:
+    """UTF-8, comma-separated, the fields exactly as read."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("w", encoding="utf-8", newline="")
+        self.csv = csv.writer(self.file)
+
+    def start(self, header: list[str], names: list[str]) -> None:
+        self.csv.writerow(header)
+
+    def write(self, texts: list[str], values: list) -> None:
+        self.csv.writerow(texts)
+
+    def close(self) -> list[str]:
+        self.file.close()
+        return []
+
+    def abandon(self) -> None:
+        self.file.close()
+
+
+class JsonlWriter:
+    """One JSON object per row, keyed by the (unique) column names."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("w", encoding="utf-8")
+        self.names: list[str] = []
+
+    def start(self, header: list[str], names: list[str]) -> None:
+        self.names = names
+
+    def write(self, texts: list[str], values: list) -> None:
+        record = dict(zip(self.names, map(_json_value, values), strict=True))
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> list[str]:
+        self.file.close()
+        return []
+
+    def abandon(self) -> None:
+        self.file.close()
+
+
+def _json_value(value: Any) -> Any:
+    return _as_text(value) if isinstance(value, (datetime.date, datetime.time)) else value
+
+
+class XlsxWriter:
+    """A streaming (write-only) workbook; rows beyond one sheet's limit go to the next sheet."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.workbook = openpyxl.Workbook(write_only=True)
+        self.header: list[str] = []
+        self.sheet = None
+        self.sheet_rows = 0
+        self.cut_cells = 0
+
+    def start(self, header: list[str], names: list[str]) -> None:
+        self.header = header
+        self._new_sheet()
+
+    def _new_sheet(self) -> None:
+        number = len(self.workbook.worksheets) + 1
+        self.sheet = self.workbook.create_sheet("Data" if number == 1 else f"Data {number}")
+        self.sheet.append([self._cell(name) for name in self.header])
+        self.sheet_rows = 1
+
+    def write(self, texts: list[str], values: list) -> None:
+        if self.sheet_rows == XLSX_MAX_ROWS:
+            self._new_sheet()
+        self.sheet.append([self._cell(value) for value in values])
+        self.sheet_rows += 1
+
+    def _cell(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if ILLEGAL_CHARACTERS_RE.search(value):
+            value = ILLEGAL_CHARACTERS_RE.sub("", value)
+        if len(value) > XLSX_MAX_CHARS:
+            self.cut_cells += 1
+            value = value[:XLSX_MAX_CHARS]
+        if value.startswith("=") or value in ERROR_CODES:
+            # Text from a file must never become a live formula (or an error) in Excel.
+            cell = WriteOnlyCell(self.sheet, value)
+            cell.data_type = "s"
+            return cell
+        return value
+
+    def abandon(self) -> None:
+        """Drop the workbook unsaved; openpyxl would keep its temporary files until exit."""
+        for sheet in self.workbook.worksheets:
+            writer = getattr(sheet, "_writer", None)  # private, hence the care
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.close()
+                    writer.cleanup()
+
+    def close(self) -> list[str]:
+        if self.sheet is None:
+            self.workbook.create_sheet("Data")  # a workbook needs a sheet, even if empty
+        self.workbook.save(self.path)
+        notes = []
+        if len(self.workbook.worksheets) > 1:
+            notes.append(f"The rows fill {len(self.workbook.worksheets)} sheets of the workbook.")
+        if self.cut_cells:
+            notes.append(
+                f"{self.cut_cells:,} cells were cut to Excel's limit of "
+                f"{XLSX_MAX_CHARS:,} characters."
+            )
+        return notes
+
+
+WRITERS = {"xlsx": XlsxWriter, "csv": CsvWriter, "jsonl": JsonlWriter}
+
+
+# -- the job --------------------------------------------------------------------------------
+
+
+def profile_tables(ctx: JobContext) -> None:
+    options = read_options(SpreadsheetOptions, ctx.params)
+    extension = options["output_format"]
+    reporter = ctx.reporter
+    stems = UniqueNames()
+
+    reporter.stage("Detecting formats", total=len(ctx.inputs))
+    tables: list[tuple[int, Path, CsvFormat | None]] = []
+    for index, path in enumerate(ctx.inputs):
+        reporter.check()
+        try:
+            tables.append((index, path, detect(path)))
+            reporter.item(index, path.name, 0, "pending")
+            reporter.advance(current=path.name)
+        except NotATable as exc:
+            reporter.log(f"{path.name}: skipped, it {exc}", "warning")
+            reporter.item(index, path.name, 100, "failed")
+            reporter.advance(failed=1, current=path.name)
+    failed = len(ctx.inputs) - len(tables)
+
+    reporter.stage("Converting", total=sum(path.stat().st_size for _, path, _ in tables))
+    for index, path, fmt in tables:
+        stem = stems.take(PurePath(path.name).stem)
+        outputs = [ctx.output(f"{stem}.{extension}"), ctx.output(f"{stem}.report.html")]
+        progress = file_progress(ctx, index, path)
+        try:
+            profile = convert_one(path, fmt, outputs, WRITERS[extension], progress)
+        except JobCancelled:
+            raise
+        except Exception as exc:  # one unreadable workbook must not stop the other files
+            failed += 1
+            for output in outputs:
+                output.unlink(missing_ok=True)
+            reporter.log(f"{path.name}: could not be read ({type(exc).__name__}: {exc})", "warning")
+            reporter.item(index, path.name, 100, "failed")
+            progress(path.stat().st_size)  # its bytes are dealt with, if not converted
+            reporter.advance(0, failed=1)
+            continue
+        reporter.item(index, path.name, 100, "done")
+        reporter.log(
+            f"{path.name}: {profile.rows:,} rows, {len(profile.columns)} columns, "
+            f"{profile.malformed:,} malformed",
+            "warning" if profile.malformed else "info",
+        )
+    if failed == len(ctx.inputs):
+        raise JobError(f"None of the {len(ctx.inputs)} files could be read as a table.")
+
+
+def file_progress(ctx: JobContext, index: int, path: Path) -> Progress:
+    """Turn "bytes of this file read so far" into the job's counts, bar and cancel check."""
+    size = max(path.stat().st_size, 1)
+    done = 0
+
+    def progress(read: int) -> None:
+        nonlocal done
+        read = min(read, size)
+        ctx.reporter.advance(read - done, current=path.name)
+        ctx.reporter.item(index, path.name, 100.0 * read / size)
+        ctx.reporter.check()
+        done = read
+
+    return progress
+
+
+def convert_one(
+    path: Path, fmt: CsvFormat | None, outputs: list[Path], writer_class, progress: Progress
+) -> TableProfile:
+    """Profile one table while writing it converted; then write its report."""
+    data_path, report_path = outputs
+    source = fmt.describe() if fmt else "XLSX workbook"
+    profile = TableProfile(path.name, path.stat().st_size, source)
+    writer = writer_class(data_path)
+    try:
+        if fmt is None:
+            read_xlsx(path, profile, writer, progress)
+        else:
+            read_csv(path, fmt, profile, writer, progress)
+    except BaseException:  # cancelled or failed: no half-written result, no temporary files
+        writer.abandon()
+        raise
+    profile.notes += writer.close()
+    report_path.write_text(render_report(profile), encoding="utf-8")
+    return profile
+
+
+KIND = JobKind(
+    slug="spreadsheet",
+    title="Profile and convert tables",
+    description="Reports what each column of a CSV or XLSX file holds, lists malformed rows, "
+    "and converts the data to XLSX, CSV or JSON Lines.",
+    work=profile_tables,
+    options=SpreadsheetOptions,
+    check_file=check_file,
+    accept=".csv,.tsv,.txt,.xlsx,text/csv,"
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    accept_label="CSV or XLSX files",
+    max_files=20,
+    max_total_bytes=2 * 1024**3,
+    stages=(("Detecting formats", 1), ("Converting", 19)),
+    rate_unit="bytes",
+)
