@@ -25,6 +25,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     fields = {f.name for f in dataclasses.fields(Settings)}
     overrides = {k.lower(): test_config.pop(k) for k in list(test_config) if k.lower() in fields}
     settings = Settings.from_env(**overrides)
+    if not logging.getLogger().handlers:  # gunicorn configures only its own loggers
+        logging.basicConfig(
+            level=os.environ.get("HEADWAY_LOG_LEVEL", "info").upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
 
     app = Flask(__name__, instance_path=str(settings.instance_path))
     app.config.from_mapping(

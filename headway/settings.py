@@ -58,6 +58,7 @@ class Settings:
             heartbeat_timeout=_float("HEADWAY_HEARTBEAT_TIMEOUT", cls.heartbeat_timeout),
             report_interval=_float("HEADWAY_REPORT_INTERVAL", cls.report_interval),
             log_lines=_int("HEADWAY_LOG_LINES", cls.log_lines),
+            max_items=_int("HEADWAY_MAX_ITEMS", cls.max_items),
             transport=os.environ.get("HEADWAY_TRANSPORT", cls.transport),
             keepalive_seconds=_float("HEADWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds),
             stream_max_seconds=_float("HEADWAY_STREAM_MAX_SECONDS", cls.stream_max_seconds),

@@ -47,7 +47,10 @@ def start_heartbeat() -> threading.Event:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("HEADWAY_LOG_LEVEL", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     start_heartbeat()
     consumer = huey.create_consumer(
         workers=settings.workers,

@@ -51,7 +51,7 @@ class UploadRequest(Request):
     ):
         spool = services().settings.instance_path / "uploads"
         spool.mkdir(parents=True, exist_ok=True)
-        stream = tempfile.NamedTemporaryFile("wb+", dir=spool, prefix="upload-")
+        stream = tempfile.NamedTemporaryFile("wb+", dir=spool, prefix="upload-")  # noqa: SIM115
         self.__dict__.setdefault("_spooled", []).append(stream)
         return stream
 
