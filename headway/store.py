@@ -5,7 +5,7 @@ Keys (prefix `hw:`):
     hw:job:<id>:log      list: the most recent log lines, capped
     hw:job:<id>:items    hash: per-item progress, field = item index
     hw:owner:<owner>     sorted set: the owner's job ids by creation time
-    hw:running           sorted set: running job ids by last heartbeat (for the reaper)
+    hw:running           sorted set: ids of `running` jobs by last heartbeat (for the reaper)
     hw:retention         sorted set: "<id>:<owner>" of finished jobs by removal time
 Every change publishes "<id> <owner>" on the channel `hw:changes`; readers re-read the hash.
 """
@@ -93,8 +93,10 @@ if final[new_status] and not final[status] then
   redis.call('EXPIRE', logkey, ttl)
   redis.call('EXPIRE', itemskey, ttl)
   redis.call('ZADD', retention, tonumber(now) + tonumber(ARGV[7]), cur[6] .. ':' .. cur[5])
-elseif (new_status == 'running' or new_status == 'retrying') and f.heartbeat then
+elseif new_status == 'running' and f.heartbeat then
   redis.call('ZADD', running, f.heartbeat, cur[6])
+elseif new_status == 'retrying' then
+  redis.call('ZREM', running, cur[6])  -- waiting in Huey's schedule: no heartbeat to watch
 end
 redis.call('PUBLISH', ARGV[5], cur[6] .. ' ' .. cur[5])
 return {'ok', version, redis.call('HGET', job, 'cancel_requested') or '0', new_status}

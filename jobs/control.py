@@ -40,23 +40,22 @@ def submit(
 
 
 def cancel(job: JobState) -> bool:
-    """Revoke a queued job at once; ask a running one to stop at its next report."""
+    """Cancel a job waiting in the queue (or for a Huey retry) at once, by revoking it; ask a
+    running one to stop at its next report. Returns whether anything changed.
+
+    A job that starts between the read and the write is cancelled all the same: its worker's
+    next report is refused, which stops it.
+    """
     store = job_store()
-    if job.status == "queued":
+    if job.status in ("queued", "retrying"):
         huey.revoke_by_id(job.id)
-        result = store.update(
+        line = "Cancelled before it started" if job.status == "queued" else "Cancelled"
+        return store.update(
             job.id,
-            {
-                "status": "cancelled",
-                "finished_at": time.time(),
-                "message": "Cancelled before it started",
-            },
-            log_lines=[format_log_line("Cancelled before it started", "warning")],
-        )
-        if result.ok or result.reason != "transition":
-            return result.ok
-        job = store.get(job.id) or job  # it started meanwhile: cancel it as a running job
-    if job.active:
+            {"status": "cancelled", "finished_at": time.time(), "message": line},
+            log_lines=[format_log_line(line, "warning")],
+        ).ok
+    if job.status == "running":
         return store.update(
             job.id,
             {"cancel_requested": True, "message": "Cancelling…"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from headway.store import new_job_id
 from jobs import control, kinds
 
 from .conftest import running_consumer, wait_for
@@ -18,7 +19,6 @@ def submit(store, slug="steps", owner="owner-a", **params):
         params={**defaults, **params},
         inputs=[],
     )
-    assert store.get(job_id).status == "queued"
     return job_id
 
 
@@ -44,6 +44,7 @@ def test_job_runs_end_to_end(store, consumer):
 
 def test_cancel_before_start(store):
     job_id = submit(store)
+    assert store.get(job_id).status == "queued"  # recorded before it was queued
     assert control.cancel(store.get(job_id))
     job = store.get(job_id)
     assert job.status == "cancelled" and job.finished_at

@@ -70,7 +70,7 @@ def load_job(job_id: str) -> JobState:
 def reap_if_stale(job: JobState) -> JobState:
     store = services().store
     timeout = store.settings.heartbeat_timeout
-    stale = job.active and (job.heartbeat or 0) < time.time() - timeout
+    stale = job.status == "running" and (job.heartbeat or 0) < time.time() - timeout
     if stale and store.mark_interrupted_if_stale(job.id):
         return store.get(job.id) or job
     return job
