@@ -13,7 +13,7 @@ def submit(store, slug="steps", owner="owner-a", **params):
     defaults = {"steps": 10, "delay": 0.02, "fail_at": -1}
     job_id = control.submit(
         kind,
-        job_id=__import__("headway.store").store.new_job_id(),
+        job_id=new_job_id(),
         owner=owner,
         title=kind.title,
         params={**defaults, **params},
@@ -112,3 +112,16 @@ def test_retry_creates_a_linked_attempt(store, consumer):
     assert old_after.retried_as == new_id
     assert old_after.status == "failed" and old_after.progress == old.progress
     assert final(store, new_id).status == "failed"  # same params, same failure
+
+
+def test_cancel_while_waiting_for_a_huey_retry_revokes_it(store):
+    from jobs.queue import huey
+    from jobs.runner import run_job
+
+    job_id = submit(store)
+    store.update(job_id, {"status": "running", "heartbeat": 1.0})
+    store.update(job_id, {"status": "retrying"})
+    assert job_id not in store.client.zrange("hw:running", 0, -1)  # nothing to reap meanwhile
+    assert control.cancel(store.get(job_id))
+    assert store.get(job_id).status == "cancelled"
+    assert huey.is_revoked(run_job.s(job_id, id=job_id))
