@@ -18,6 +18,7 @@ from typing import Any
 
 MISSING = frozenset({"", "na", "n/a", "null", "none", "nan", "-"})
 BOOLEANS = {"true": True, "false": False, "yes": True, "no": False}
+LONGEST_TOKEN = max(map(len, [*MISSING, *BOOLEANS]))
 # ASCII digits only (\d would take Arabic-Indic digits too); no leading zeros, so codes
 # like "00123" stay text.
 INTEGER = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
@@ -33,10 +34,12 @@ SHOWN_CHARS = 100  # of a value or a column name in the report
 
 
 def classify(text: str, decimal_comma: bool = False) -> tuple[str, Any]:
-    """The kind of one CSV value and its parsed form (a number, a date, a bool, or None)."""
+    """The kind of one CSV value and its parsed form (a number, a date, a bool, or None).
+
+    Called for every cell of a table, hence the cheap tests first.
+    """
     value = text.strip()
-    lowered = value.lower()
-    if lowered in MISSING:
+    if not value:
         return "missing", None
     if value[0] in "0123456789+-.":
         if INTEGER.fullmatch(value):
@@ -51,8 +54,12 @@ def classify(text: str, decimal_comma: bool = False) -> tuple[str, Any]:
             date = parse_date(value)
             if date is not None:
                 return "date", date
-    elif lowered in BOOLEANS:
-        return "boolean", BOOLEANS[lowered]
+    if len(value) <= LONGEST_TOKEN:  # lowering a long text would be wasted work
+        lowered = value.lower()
+        if lowered in MISSING:
+            return "missing", None
+        if lowered in BOOLEANS:
+            return "boolean", BOOLEANS[lowered]
     return "text", None
 
 
@@ -77,7 +84,7 @@ def classify_value(value: Any) -> tuple[str, Any]:
         return "float", value
     if isinstance(value, datetime.date):
         return "date", value
-    return classify(str(value)) if str(value).strip() else ("missing", None)
+    return classify(str(value))
 
 
 def output_number(kind: str, parsed: Any) -> int | float | None:
@@ -111,7 +118,7 @@ class TopValues:
         self.approximate = False
 
     def add(self, value: str) -> None:
-        self.counts[value[:SHOWN_CHARS]] += 1
+        self.counts[value.strip()[:SHOWN_CHARS]] += 1
         if len(self.counts) > self.capacity:
             self.counts = Counter(dict(self.counts.most_common(self.capacity // 2)))
             self.approximate = True
@@ -134,20 +141,24 @@ class ColumnProfile:
         self.latest: tuple[datetime.datetime, str] | None = None
         self.top = TopValues(top_capacity)
 
-    def add(self, kind: str, parsed: Any, shown: str) -> None:
+    def add(self, kind: str, parsed: Any, text: str) -> None:
+        """Count one value: its kind, its parsed form, and the text it was written as."""
         self.kinds[kind] += 1
-        if kind == "missing":
-            return
-        if kind in ("integer", "float"):
+        if kind == "integer" or kind == "float":
             self.numbers += 1
             self.total += parsed
-            self.low = parsed if self.low is None else min(self.low, parsed)
-            self.high = parsed if self.high is None else max(self.high, parsed)
+            if self.low is None or parsed < self.low:
+                self.low = parsed
+            if self.high is None or parsed > self.high:
+                self.high = parsed
         elif kind == "date":
-            key = (date_key(parsed), shown)
-            self.earliest = key if self.earliest is None else min(self.earliest, key)
-            self.latest = key if self.latest is None else max(self.latest, key)
-        self.top.add(shown)
+            key = (date_key(parsed), text.strip())
+            if self.earliest is None or key < self.earliest:
+                self.earliest = key
+            if self.latest is None or key > self.latest:
+                self.latest = key
+        elif kind != "missing":  # common values are shown for text and booleans only
+            self.top.add(text)
 
     @property
     def missing(self) -> int:
@@ -288,7 +299,7 @@ def _top_values(column: ColumnProfile) -> str:
     if column.type not in ("text", "boolean"):
         return ""
     items = "".join(
-        f"<li>{_escape(_shorten(value))} <span class=note>× {count:,}</span></li>"
+        f'<li>{_escape(_shorten(value))} <span class="note">× {count:,}</span></li>'
         for value, count in column.top.most_common()
     )
     about = '<span class="note">approximate counts</span>' if column.top.approximate else ""

@@ -22,11 +22,12 @@ import wtforms
 
 from jobs.kinds import JobContext, JobKind
 from jobs.kinds._common import UniqueNames, read_options
+from jobs.reporter import ProgressReporter
 
 CHUNK = 1024 * 1024  # read size: big enough to be fast, small enough to notice a cancel soon
 SUMS_NAME = "SHA256SUMS"
-# Above this size, write zip64 records from the start: the size was taken before reading,
-# and a zip entry cannot switch to zip64 once it is written.
+# Above this size, write zip64 records from the start: a zip entry cannot switch to them once
+# written, and the size zipfile would go by is the one stat gave before reading.
 ZIP64_FROM = 1024**3
 # A file whose first chunk deflates to more than this fraction of its size is stored as is:
 # photos, videos and archives do not shrink, and deflating them is the slow part of packing.
@@ -72,7 +73,9 @@ def pack_files(ctx: JobContext) -> None:
     reporter.log(f"Packed {len(entries)} files into {archive_path.name}")
 
 
-def chunk_reporter(reporter, index: int, name: str, size: int) -> Callable[[int], None]:
+def chunk_reporter(
+    reporter: ProgressReporter, index: int, name: str, size: int
+) -> Callable[[int], None]:
     """A callback for each chunk of one file: counts its bytes, moves its bar, honours a cancel."""
     done = 0
 

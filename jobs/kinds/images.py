@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 import zipfile
 from pathlib import Path, PurePath
 
@@ -27,6 +28,8 @@ INPUT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF")
 ACCEPTED = "JPEG, PNG, WebP, GIF or TIFF"
 # Decoding allocates width x height pixels whatever the file size: refuse anything bigger.
 MAX_PIXELS = 64_000_000
+# Pillow itself only warns about a bomb up to twice its own limit, and then decodes it anyway.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 OUTPUT_FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 
 THUMB = 160  # contact sheet: the longest side of a thumbnail

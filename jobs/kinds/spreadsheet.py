@@ -121,7 +121,9 @@ def detect(path: Path) -> CsvFormat | None:
             return None
         raise NotATable("is a zip archive, not an XLSX workbook")
     if head.startswith(b"\xd0\xcf\x11\xe0"):
-        raise NotATable("is an old Excel (.xls) or other Office file: save it as XLSX or CSV")
+        raise NotATable(
+            "is an old Excel (.xls) file or a password-protected workbook: save it as XLSX or CSV"
+        )
     encoding = detect_encoding(path, head)
     text = decode_sample(head, encoding)
     if looks_binary(text):
@@ -305,7 +307,8 @@ class Lines:
 
 
 def read_csv(path: Path, fmt: CsvFormat, profile: TableProfile, writer, progress: Progress):
-    decimal_comma = fmt.delimiter != ","  # "3,5" is a number only where "," is no delimiter
+    # Excel writes ";" between fields exactly where "," is the decimal mark: "3,5" is 3.5.
+    decimal_comma = fmt.delimiter == ";"
     with (
         CountingFile(path) as counted,
         io.TextIOWrapper(
@@ -348,16 +351,20 @@ def read_csv(path: Path, fmt: CsvFormat, profile: TableProfile, writer, progress
             if problem:
                 profile.add_malformed(first, lines.number, problem)
                 continue
-            values = []
-            for column, text_value in zip(profile.columns, row, strict=True):
-                kind, parsed = (
-                    classify(text_value, decimal_comma) if text_value else ("missing", None)
-                )
-                column.add(kind, parsed, text_value.strip())
-                number = output_number(kind, parsed)
-                values.append(number if number is not None else (text_value or None))
-            profile.rows += 1
-            writer.write(row, values)
+            writer.write(row, add_csv_row(profile, row, decimal_comma, writer.typed))
+
+
+def add_csv_row(profile: TableProfile, row: list[str], decimal_comma: bool, typed: bool):
+    """Profile one well-formed row; returns its values as a typed output writes them."""
+    values = [] if typed else None
+    for column, text in zip(profile.columns, row, strict=True):
+        kind, parsed = classify(text, decimal_comma)
+        column.add(kind, parsed, text)
+        if typed:  # numbers as numbers, empty as nothing, the rest as written
+            number = output_number(kind, parsed)
+            values.append(number if number is not None else (text or None))
+    profile.rows += 1
+    return values
 
 
 def damage(row: list[str], encoding: str) -> str | None:
@@ -424,7 +431,7 @@ def read_xlsx(path: Path, profile: TableProfile, writer, progress: Progress) -> 
             row += [None] * (len(header) - len(row))
             for column, value in zip(profile.columns, row, strict=True):
                 kind, parsed = classify_value(value)
-                column.add(kind, parsed, _as_text(value).strip())
+                column.add(kind, parsed, _as_text(value))
             profile.rows += 1
             writer.write([_as_text(value) for value in row], row)
     finally:
@@ -451,6 +458,8 @@ def _as_text(value: Any) -> str:
 class CsvWriter:
     """UTF-8, comma-separated, the fields exactly as read."""
 
+    typed = False  # writes the texts, so needs no typed values
+
     def __init__(self, path: Path):
         self.file = path.open("w", encoding="utf-8", newline="")
         self.csv = csv.writer(self.file)
@@ -472,6 +481,8 @@ class CsvWriter:
 class JsonlWriter:
     """One JSON object per row, keyed by the (unique) column names."""
 
+    typed = True
+
     def __init__(self, path: Path):
         self.file = path.open("w", encoding="utf-8")
         self.names: list[str] = []
@@ -481,7 +492,7 @@ class JsonlWriter:
 
     def write(self, texts: list[str], values: list) -> None:
         record = dict(zip(self.names, map(_json_value, values), strict=True))
-        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
     def close(self) -> list[str]:
         self.file.close()
@@ -497,6 +508,8 @@ def _json_value(value: Any) -> Any:
 
 class XlsxWriter:
     """A streaming (write-only) workbook; rows beyond one sheet's limit go to the next sheet."""
+
+    typed = True
 
     def __init__(self, path: Path):
         self.path = path
@@ -554,10 +567,8 @@ class XlsxWriter:
         if len(self.workbook.worksheets) > 1:
             notes.append(f"The rows fill {len(self.workbook.worksheets)} sheets of the workbook.")
         if self.cut_cells:
-            notes.append(
-                f"{self.cut_cells:,} cells were cut to Excel's limit of "
-                f"{XLSX_MAX_CHARS:,} characters."
-            )
+            cells = "1 cell was" if self.cut_cells == 1 else f"{self.cut_cells:,} cells were"
+            notes.append(f"{cells} cut to Excel's limit of {XLSX_MAX_CHARS:,} characters.")
         return notes
 
 
@@ -573,18 +584,19 @@ def profile_tables(ctx: JobContext) -> None:
     reporter = ctx.reporter
     stems = UniqueNames()
 
-    reporter.stage("Detecting formats", total=len(ctx.inputs))
+    # Both stages count bytes (the kind's rate unit): here, those of the files checked.
+    reporter.stage("Detecting formats", total=sum(path.stat().st_size for path in ctx.inputs))
     tables: list[tuple[int, Path, CsvFormat | None]] = []
     for index, path in enumerate(ctx.inputs):
         reporter.check()
         try:
             tables.append((index, path, detect(path)))
             reporter.item(index, path.name, 0, "pending")
-            reporter.advance(current=path.name)
+            reporter.advance(path.stat().st_size, current=path.name)
         except NotATable as exc:
             reporter.log(f"{path.name}: skipped, it {exc}", "warning")
             reporter.item(index, path.name, 100, "failed")
-            reporter.advance(failed=1, current=path.name)
+            reporter.advance(path.stat().st_size, failed=1, current=path.name)
     failed = len(ctx.inputs) - len(tables)
 
     reporter.stage("Converting", total=sum(path.stat().st_size for _, path, _ in tables))
@@ -644,7 +656,7 @@ def convert_one(
             read_xlsx(path, profile, writer, progress)
         else:
             read_csv(path, fmt, profile, writer, progress)
-    except BaseException:  # cancelled or failed: no half-written result, no temporary files
+    except BaseException:  # cancelled or failed: release the writer's files, temporary ones too
         writer.abandon()
         raise
     profile.notes += writer.close()
