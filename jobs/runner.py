@@ -70,7 +70,11 @@ def run_job(job_id: str, task=None) -> None:
                 files=[{"name": p.name, "size": p.stat().st_size} for p in files],
             )
     except JobCancelled:
+        shutil.rmtree(output_dir, ignore_errors=True)  # nothing to download: free the space
         raise CancelExecution(retry=False) from None
+    except Exception:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise
 
 
 def _is_job(task) -> bool:
