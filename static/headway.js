@@ -5,6 +5,8 @@
 
   var MAX_SSE_FAILURES = 3; // consecutive errors before polling takes over (transport "auto")
   var POLL_RETRY_MS = 2000;
+  var NOTICE_MS = 12000; // how long a "job finished" notice stays
+  var MAX_NOTICES = 3;
   var FINAL = ["succeeded", "failed", "cancelled", "interrupted"];
   var failures = 0;
 
@@ -121,7 +123,22 @@
     }
   });
 
+  // "Job finished" notices stay a while, newest first, and never pile up.
+  function tidyNotices(box) {
+    var notices = box.querySelectorAll(".notice:not([data-shown])");
+    Array.prototype.forEach.call(notices, function (notice) {
+      notice.dataset.shown = "1";
+      window.setTimeout(function () { notice.remove(); }, NOTICE_MS);
+    });
+    var all = box.querySelectorAll(".notice");
+    for (var i = MAX_NOTICES; i < all.length; i++) { all[i].remove(); }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var box = byId("notices");
+    if (box) {
+      new MutationObserver(function () { tidyNotices(box); }).observe(box, { childList: true });
+    }
     refreshTitle();
     var connection = byId("connection");
     if (connection && connection.dataset.state === "polling") { setConnection("polling", "polling"); }
