@@ -229,3 +229,50 @@ def test_upload_spools_to_disk_not_memory(web, store, tmp_path: Path):
 )
 def test_safe_name(raw, safe):
     assert safe_name(raw, 2) == safe
+
+
+# -- the shipped kinds behind the form ---------------------------------------------------------
+
+
+def test_image_decompression_bomb_is_refused_at_upload(web, store, tmp_path):
+    from .test_kind_images import png_header_only
+
+    bomb = png_header_only(tmp_path / "bomb.png", 30_000, 30_000).read_bytes()
+    refused(
+        web,
+        store,
+        400,
+        "“bomb.png” was refused: is too large (the limit is 64 megapixels).",
+        slug="images",
+        files=[("bomb.png", bomb)],
+    )
+
+
+def test_name_claiming_an_image_with_other_bytes_is_refused(web, store):
+    refused(
+        web,
+        store,
+        400,
+        "“photo.jpg” was refused: is not an image (JPEG, PNG, WebP, GIF or TIFF).",
+        slug="images",
+        files=[("photo.jpg", b"just some text, not a JPEG\n")],
+    )
+
+
+def test_non_utf8_mixed_encoding_csv_with_a_50_mb_line_is_processed(web, store, consumer):
+    from .conftest import wait_for
+
+    rows = "id;name\n1;Müller\n".encode("cp1252")  # cp1252 ...
+    rows += "2;Straße\n".encode()  # ... and a UTF-8 line in the same file
+    rows += b"3;" + b"x" * (50 * 1024 * 1024) + b"\n"  # one line of 50 MB
+    rows += "4;Zoë\n".encode("cp1252")
+    response = post(web, slug="spreadsheet", files=[("mixed.csv", rows)], output_format="csv")
+    assert response.status_code == 303, response.text[:500]
+    job_id = response.headers["Location"].rsplit("/", 1)[1]
+    job = wait_for(lambda: (j := store.get(job_id)) and j.finished and j, timeout=120)
+    assert job.status == "succeeded", job.error
+    output = store.job_dir(job_id) / "output"
+    report = (output / "mixed.report.html").read_text()
+    assert "has a line longer than 10 MiB characters" in report
+    converted = (output / "mixed.csv").read_text(encoding="utf-8")
+    assert "Müller" in converted and "Zoë" in converted
