@@ -143,9 +143,12 @@ class ChangeHub:
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except (redis.RedisError, OSError) as exc:
+                if self._ready.is_set():  # the first failure of an outage is worth a warning
+                    log.warning("change hub lost redis (%s); reconnecting", exc)
+                    self.reconnects += 1
+                else:
+                    log.debug("change hub still cannot reach redis: %s", exc)
                 self._ready.clear()
-                self.reconnects += 1
-                log.warning("change hub lost redis (%s); retrying in %.1f s", exc, delay)
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()

@@ -7,6 +7,7 @@ it is started before any Headway module is imported (they read REDIS_URL at impo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -80,6 +81,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    logging.getLogger("headway.hub").disabled = True  # apps' hubs outlive the server: quiet
     process = _server.get("process")
     if process and process.poll() is None:
         process.send_signal(signal.SIGTERM)
