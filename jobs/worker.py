@@ -52,13 +52,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     start_heartbeat()
-    consumer = huey.create_consumer(
-        workers=settings.workers,
-        worker_type="thread",
-        initial_delay=0.05,
-        max_delay=1.0,
-        flush_locks=True,
-    )
+    consumer = huey.create_consumer(workers=settings.workers, worker_type="thread")
     log.info("worker %s: %d threads", consumer_name(), settings.workers)
     consumer.run()
 
