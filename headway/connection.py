@@ -25,13 +25,25 @@ def resolve_redis_url(settings: Settings) -> str:
 
 @functools.cache
 def redis_client(url: str) -> redis.Redis:
-    """A client whose pool waits for a free connection instead of failing under load."""
+    """A client whose small pool waits for a free connection instead of failing under load.
+
+    Streams share their reads (headway.web.renders), so a web process has few commands in
+    flight however many browsers watch; a handful of connections serves them all.
+    """
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        max_connections=64,
+        max_connections=16,
         timeout=10,
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=5,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def subscriber_client(url: str) -> redis.Redis:
+    """A client of its own for a long-lived subscription, which holds its connection for
+    good: taken from the shared pool, it would shrink what commands have."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5
+    )

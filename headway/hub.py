@@ -41,9 +41,13 @@ class Watcher:
         self._everything = False
         self._lock = threading.Lock()
         self._event = threading.Event()
+        # When this watcher was last told of a change (or registered): a read that begins
+        # later sees every change it was told about.
+        self.changed_at = time.monotonic()
 
     def notify(self, job_id: str | None) -> None:
         with self._lock:
+            self.changed_at = time.monotonic()
             if job_id is None or len(self._pending) >= MAX_PENDING:
                 self._everything = True
                 self._pending.clear()
@@ -105,6 +109,7 @@ class ChangeHub:
                 self._by_job.setdefault(job_id, set()).add(watcher)
             if owner:
                 self._by_owner.setdefault(owner, set()).add(watcher)
+        watcher.changed_at = time.monotonic()  # changes from now on reach it by notify()
         try:
             yield watcher
         finally:

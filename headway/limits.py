@@ -61,9 +61,13 @@ class Limits:
 
     def renew_stream(self, owner: str, token: str | None) -> None:
         if token:
-            self.client.zadd(
-                f"hw:streams:{owner}", {token: time.time() + self.stream_lease}, xx=True
-            )
+            key = f"hw:streams:{owner}"
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {token: time.time() + self.stream_lease}, xx=True)
+            # The set must outlive its newest lease, or every slot of streams that stay open
+            # vanishes with it one lease after the last stream was opened.
+            pipe.expire(key, math.ceil(self.stream_lease) + 1)
+            pipe.execute()
 
     def close_stream(self, owner: str, token: str | None) -> None:
         if token:

@@ -245,3 +245,18 @@ def test_sse_fields_never_carry_line_breaks():
         "id: 78\nevent: aevent: evil\ndata: line one\ndata: line two\ndata: line three\n\n"
     )
     assert parse_last_event_id("12") == 12 and parse_last_event_id("1 2") is None
+
+
+def test_streams_of_one_job_share_one_read_per_change(web, store):
+    job_id = new_job(store)
+    streams = [open_stream(web, job_id)[1] for _ in range(10)]
+    for events in streams:
+        events.next_event()
+    store.client.config_resetstat()
+    store.update(job_id, {"progress": 50.0})
+    versions = {events.next_event()["id"] for events in streams}
+    assert versions == {str(store.get(job_id).version)}
+    reads = store.client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0)
+    assert reads == 1  # one read of the log (with the record) for ten streams
+    for events in streams:
+        events.close()

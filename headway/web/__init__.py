@@ -12,10 +12,12 @@ from flask import Flask, abort, current_app, g, jsonify, render_template, reques
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from headway.connection import subscriber_client
 from headway.hub import ChangeHub, HubUnavailable
 from headway.limits import LimitExceeded, Limits
 from headway.settings import Settings
 from headway.store import JobState, JobStore
+from headway.web.renders import SharedRenders
 
 log = logging.getLogger("headway.web")
 
@@ -32,6 +34,7 @@ class Services:
     store: JobStore
     hub: ChangeHub
     limits: Limits
+    renders: SharedRenders
 
 
 def services() -> Services:
@@ -150,8 +153,9 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     app.extensions["headway"] = Services(
         settings=settings,
         store=JobStore(client, settings),
-        hub=ChangeHub(client),
+        hub=ChangeHub(subscriber_client(settings.redis_url)),
         limits=Limits(client, settings),
+        renders=SharedRenders(),
     )
     app.request_class = uploads.UploadRequest
     app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect

@@ -25,9 +25,16 @@ def render_progress(job_id: str, *, polling: bool = False) -> str:
     return render_progress_of(reap_if_stale(job), items, log_lines, polling=polling)
 
 
-def render_progress_of(job, items, log_lines, *, polling: bool = False) -> str:
+def render_progress_of(job, items, log_lines, *, polling=False, shared=False) -> str:
+    """`shared`: the same bytes for every watcher, so no per-visitor CSRF token in forms
+    (htmx sends the page's token as a header)."""
     return render_template(
-        "partials/job_progress.html", job=job, items=items, log_lines=log_lines, polling=polling
+        "partials/job_progress.html",
+        job=job,
+        items=items,
+        log_lines=log_lines,
+        polling=polling,
+        shared=shared,
     )
 
 

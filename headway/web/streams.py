@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, render_template, request
@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 from headway.store import FINAL_STATUSES
 from headway.web import current_owner, load_job, reap_if_stale, services
 from headway.web.pages import render_progress_of, render_row
+from headway.web.renders import Rendered
 
 log = logging.getLogger("headway.streams")
 bp = Blueprint("streams", __name__)
@@ -71,27 +72,56 @@ class _Lease:
         self.limits = services().limits
         self.owner = owner
         self.token = self.limits.open_stream(owner)
+        self.renewed = time.monotonic()
 
     def renew(self) -> None:
-        self.limits.renew_stream(self.owner, self.token)
+        """Extend the slot, at most once per keepalive interval; call it on every pass.
+
+        A busy stream sends no keepalives, and its slot must not lapse for that.
+        """
+        now = time.monotonic()
+        if now - self.renewed >= self.limits.settings.keepalive_seconds:
+            self.limits.renew_stream(self.owner, self.token)
+            self.renewed = now
 
     def release(self) -> None:
         with contextlib.suppress(redis.RedisError):  # the lease expires by itself
             self.limits.close_stream(self.owner, self.token)
 
 
-def _job_message(job_id: str, sent: int | None) -> tuple[str | None, bool, int | None]:
-    """The message to send for the job's current state: (message, final?, version sent)."""
-    state, items, log_lines = services().store.get_detail(job_id)
-    if state is None:  # removed meanwhile
-        return None, True, sent
-    state = reap_if_stale(state)
-    if state.finished:  # always sent: it is what closes the browser's stream
-        return sse("done", render_progress_of(state, items, log_lines), state.version), True, sent
-    if sent is None or state.version > sent:
-        message = sse("progress", render_progress_of(state, items, log_lines), state.version)
-        return message, False, state.version
-    return None, False, sent
+def _render_job(job_id: str, context) -> Callable[[float], Rendered | None]:
+    """How to read and render a job's message for every stream that watches it."""
+
+    def render(read_at: float) -> Rendered | None:
+        with context():
+            state, items, log_lines = services().store.get_detail(job_id)
+            if state is None:  # removed meanwhile
+                return None
+            state = reap_if_stale(state)
+            event = "done" if state.finished else "progress"
+            html = render_progress_of(state, items, log_lines, shared=True)
+        message = sse(event, html, state.version)
+        return Rendered(read_at, state.version, state.status, state.finished, message)
+
+    return render
+
+
+def _render_row(job_id: str, context) -> Callable[[float], Rendered | None]:
+    """How to read and render a job's row (and its notice, should it have just ended)."""
+
+    def render(read_at: float) -> Rendered | None:
+        with context():
+            state = services().store.get(job_id)
+            if state is None:
+                return None
+            state = reap_if_stale(state)
+            row = sse(f"job-{state.id}", render_row(state))
+            notice = ""
+            if state.finished:
+                notice = sse("notice", render_template("partials/notice.html", job=state))
+        return Rendered(read_at, state.version, state.status, state.finished, row, notice)
+
+    return render
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -103,7 +133,7 @@ def job_events(job_id: str):
     lease = _Lease(job.owner)
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
 
-    context = _request_context()
+    render = _render_job(job.id, _request_context())
 
     def generate() -> Iterator[str]:
         try:
@@ -112,18 +142,21 @@ def job_events(job_id: str):
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 sent = last_seen
                 while True:
-                    with context():
-                        message, final, sent = _job_message(job.id, sent)
-                    if message:
-                        yield message
-                    if final:
+                    state = svc.renders.get("job", job.id, watcher.changed_at, render)
+                    if state is None:
+                        return
+                    # A final state is always sent: it is what closes the browser's stream.
+                    if state.finished or sent is None or state.version > sent:
+                        yield state.message
+                        sent = state.version
+                    if state.finished:
                         return
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return  # the browser reconnects with Last-Event-ID
                     if watcher.wait(min(svc.settings.keepalive_seconds, remaining)) is None:
                         yield ": keepalive\n\n"
-                        lease.renew()
+                    lease.renew()
         except redis.RedisError as exc:
             log.warning("job %s: stream ended, redis unavailable: %s", job.id, exc)
         finally:
@@ -148,28 +181,32 @@ def owner_events():
             with svc.hub.watch(owner=owner) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 statuses: dict[str, str] = {}
-                jobs = svc.store.list_for_owner(owner)
+                job_ids = [job.id for job in svc.store.list_for_owner(owner)]
                 while True:
-                    with context():
-                        messages = _owner_messages(jobs, statuses)
+                    messages = []
+                    for job_id in job_ids:
+                        state = svc.renders.get(
+                            "row", job_id, watcher.changed_at, _render_row(job_id, context)
+                        )
+                        if state is not None:
+                            messages.append(_row_messages(job_id, state, statuses))
                     if messages:
-                        yield messages
+                        yield "".join(messages)
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return
                     changed = watcher.wait(min(svc.settings.keepalive_seconds, remaining))
+                    lease.renew()
                     if changed is None:
                         yield ": keepalive\n\n"
-                        lease.renew()
-                        jobs = []
+                        job_ids = []
                         continue
                     ids, everything = changed
                     if everything:
-                        jobs = svc.store.list_for_owner(owner)
-                    else:
-                        jobs = svc.store.get_many(sorted(ids))
-                    for job in jobs:  # a job created elsewhere: known from now on
-                        statuses.setdefault(job.id, "queued")
+                        ids = [job.id for job in svc.store.list_for_owner(owner)]
+                    job_ids = sorted(ids)
+                    for job_id in job_ids:  # a job created elsewhere: known from now on
+                        statuses.setdefault(job_id, "queued")
         except redis.RedisError as exc:
             log.warning("owner stream ended, redis unavailable: %s", exc)
         finally:
@@ -178,14 +215,10 @@ def owner_events():
     return _stream(generate())
 
 
-def _owner_messages(jobs, statuses: dict[str, str]) -> str:
-    """A row event per job, and a notice for each that has just finished."""
-    messages = []
-    for job in jobs:
-        job = reap_if_stale(job)
-        messages.append(sse(f"job-{job.id}", render_row(job)))
-        was = statuses.get(job.id)
-        if job.finished and was is not None and was not in FINAL_STATUSES:
-            messages.append(sse("notice", render_template("partials/notice.html", job=job)))
-        statuses[job.id] = job.status
-    return "".join(messages)
+def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> str:
+    """The row's event, with the "job finished" notice if this stream saw the job run."""
+    was = statuses.get(job_id)
+    statuses[job_id] = state.status
+    if state.notice and was is not None and was not in FINAL_STATUSES:
+        return state.message + state.notice
+    return state.message
