@@ -260,3 +260,15 @@ def test_streams_of_one_job_share_one_read_per_change(web, store):
     assert reads == 1  # one read of the log (with the record) for ten streams
     for events in streams:
         events.close()
+
+
+def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    job_id = new_job(store)  # heartbeat now, then silence: no worker ever beats again
+    _, events = open_stream(client, job_id)
+    assert events.next_event()["event"] == "progress"
+    done = events.next_event()
+    assert done["event"] == "done" and "The job was interrupted." in done["data"]

@@ -141,8 +141,9 @@ def job_events(job_id: str):
             with svc.hub.watch(job_ids=[job.id]) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 sent = last_seen
+                fresh_since = watcher.changed_at
                 while True:
-                    state = svc.renders.get("job", job.id, watcher.changed_at, render)
+                    state = svc.renders.get("job", job.id, fresh_since, render)
                     if state is None:
                         return
                     # A final state is always sent: it is what closes the browser's stream.
@@ -154,8 +155,14 @@ def job_events(job_id: str):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return  # the browser reconnects with Last-Event-ID
-                    if watcher.wait(min(svc.settings.keepalive_seconds, remaining)) is None:
+                    keepalive = svc.settings.keepalive_seconds
+                    if watcher.wait(min(keepalive, remaining)) is None:
                         yield ": keepalive\n\n"
+                        # Quiet for a while: look again (its worker may have died), sharing
+                        # the look with the job's other streams.
+                        fresh_since = time.monotonic() - keepalive / 2
+                    else:
+                        fresh_since = watcher.changed_at
                     lease.renew()
         except redis.RedisError as exc:
             log.warning("job %s: stream ended, redis unavailable: %s", job.id, exc)
