@@ -32,7 +32,7 @@ def redis_client(url: str) -> redis.Redis:
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        max_connections=16,
+        max_connections=4,
         timeout=10,
         decode_responses=True,
         health_check_interval=30,

@@ -1,0 +1,218 @@
+"""`python -m bench` (`make bench`): every benchmark, its tables, and bench/RESULTS.md.
+
+    python -m bench                 the full run (N = 100, 1,000, 5,000; 2 GiB upload)
+    python -m bench --quick         N = 100 and 1,000, shorter phases, 256 MiB upload
+    python -m bench --only fanout   a subset: fanout, reporter, polling, upload
+
+Everything runs on this machine against a private Redis on a free loopback port; each
+scenario gets a fresh web process. Tables print as they complete; the Markdown file gets
+them all with the command, the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench import report, targets
+from bench.fanout import FanoutResult, run_fanout
+from bench.polling import run_polling
+from bench.reporter_cost import run_reporter_cost
+from bench.servers import LOGS, ROOT, RedisServer, ensure_bench_requirements, raise_file_limit
+from bench.upload import run_upload
+
+SECTIONS = ("reporter", "polling", "fanout", "upload")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How big and how long each benchmark is."""
+
+    fanout: tuple[tuple[str, int, int], ...]  # (system, clients, jobs), in order
+    duration: float  # seconds of 10 updates a second
+    report_calls: int
+    timed_writes: int
+    polling_seconds: float
+    upload_bytes: int
+    output: Path
+
+
+def _single(*counts: int) -> tuple[tuple[str, int, int], ...]:
+    return tuple((s, n, 1) for n in counts for s in ("headway", "flask-sse", "polling"))
+
+
+FULL = Plan(
+    fanout=(
+        *_single(100, 1000, 5000),
+        ("headway", 1000, 100),
+        ("flask-sse", 1000, 100),
+        ("headway", 5000, 100),
+    ),
+    duration=10.0,
+    report_calls=1_000_000,
+    timed_writes=5000,
+    polling_seconds=8.0,
+    upload_bytes=2 * 1024**3,
+    output=ROOT / "bench" / "RESULTS.md",
+)
+QUICK = Plan(
+    fanout=(*_single(100, 1000), ("headway", 1000, 100)),
+    duration=5.0,
+    report_calls=1_000_000,
+    timed_writes=1000,
+    polling_seconds=3.0,
+    upload_bytes=256 * 1024**2,
+    output=ROOT / "bench" / ".work" / "RESULTS-quick.md",
+)
+
+INTRO = """\
+Headway against what users would pick instead, measured in one run on one machine: the same
+load against Headway (gunicorn + gevent, one worker) and against a minimal Flask app built
+on flask-sse under the same gunicorn config, plus JSON polling once a second per client.
+Clients are a separate asyncio process on the same machine; a writer plays the worker and
+drives Headway's real ProgressReporter (or flask-sse's publish) at 10 updates a second.
+"""
+
+NOTES = {
+    "fanout": """\
+N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 updates a
+second, then the final state. **Connected**: clients that got a first message (SSE) or
+response (polling). **Final state**: clients that received it (`done`, or a final JSON
+state); the others' streams ended early or were still waiting 30 s after the last write.
+**Versions delivered**: writes that reached a client as their own message; Headway sends
+state, not events, so a stream that falls behind skips to the newest version. **Latency**:
+for every write, the arrival of the first message at least as new, minus the write's wall
+time (same clock); for polling that is staleness. **Web CPU s**: the web worker's CPU from
+the first update until every client had the final state (or 30 s), and per message (SSE) or
+response (polling) received. **Client CPU s**: the load generator's, over the same span.
+**Redis conns**: the web worker's TCP connections to Redis, most seen. **Connect s**: until
+every client had its first message. **Writes/s/job** under 10: the writer could not keep
+the pace (flask-sse opens a new Redis connection per publish, and a PUBLISH costs Redis
+O(subscribers)). The flask-sse peer publishes a payload of Headway's fragment size (4.8 KB)
+and, while clients connect, an id-less `ping` every 0.5 s, because flask-sse sends no
+response headers before its first event. Its `/poll` reads through a blocking pool of 64
+(redis-py's default pool raises MaxConnectionsError past 100 and turned polling at 1,000
+clients into thousands of HTTP 500s).""",
+    "reporter": """\
+A tight loop of `reporter.advance()` with the default 0.1 s interval (real writes happen
+every 0.1 s inside the loop and are included), then timed single operations against the
+bench Redis on loopback. The floor is a bare HSET + PUBLISH, pipelined without MULTI.""",
+    "polling": """\
+Closed loop: each keep-alive connection asks again as soon as it is answered. The
+fragment is the same partial the page and the stream render (job with 10 item bars).""",
+    "upload": """\
+One file streamed as multipart from a generator (1 MiB pieces, no file on the client's
+disk) after GETting the form for the session cookie and CSRF token; RSS of the web worker
+sampled every 50 ms. Kind: `archive` when it exists and takes any file that large, else
+bench/upload_kind.py (any file, up to 3 GiB, loaded through HEADWAY_KIND_MODULES). No
+worker runs: the job stays queued, and the server's copy is deleted with its instance
+folder afterwards.""",
+}
+
+
+class Report:
+    """Collects sections; prints each one as soon as it is complete."""
+
+    def __init__(self) -> None:
+        self.sections: list[str] = []
+
+    def add(self, title: str, body: str) -> None:
+        section = f"## {title}\n\n{body}\n"
+        self.sections.append(section)
+        print("\n" + section, flush=True)
+
+    def write(self, path: Path, command: str, seconds: float, load_at_start) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        head = [
+            "# Headway benchmarks\n",
+            INTRO,
+            f"Command: `{command}` — took {seconds / 60:.1f} min.\n",
+            "Machine:\n",
+            report.machine(load_at_start) + "\n",
+        ]
+        path.write_text("\n".join(head + self.sections))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller and shorter")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--output", type=Path, help="where to write the Markdown results")
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    output = args.output or plan.output
+    started, load_at_start = time.monotonic(), os.getloadavg()
+    raise_file_limit()
+    ensure_bench_requirements()
+    shutil.rmtree(LOGS, ignore_errors=True)
+    out = Report()
+    checks: list[targets.Target] = []
+    bench_redis = RedisServer()
+    try:
+        if "reporter" in args.only:
+            costs = run_reporter_cost(bench_redis, plan.report_calls, plan.timed_writes)
+            out.add(
+                "Cost of a progress report (worker side)",
+                NOTES["reporter"] + "\n\n" + report.reporter_table(costs),
+            )
+            checks += targets.reporter_targets(costs)
+        if "polling" in args.only:
+            rows = run_polling(bench_redis, plan.polling_seconds)
+            out.add("Polling endpoints", NOTES["polling"] + "\n\n" + report.polling_table(rows))
+        if "fanout" in args.only:
+            results = _run_fanout(plan, bench_redis)
+            out.add(
+                "Fan-out and latency (one web process)",
+                NOTES["fanout"].format(duration=plan.duration)
+                + "\n\n"
+                + report.fanout_table(results),
+            )
+            out.add("Headway and its peers side by side", report.comparison_table(results))
+            checks += targets.fanout_targets(results)
+        if "upload" in args.only:
+            upload = run_upload(bench_redis, plan.upload_bytes)
+            out.add("Upload", NOTES["upload"] + "\n\n" + report.upload_table(upload))
+            checks += targets.upload_targets(upload)
+    finally:
+        bench_redis.stop()
+    seconds = time.monotonic() - started
+    checks.append(targets.run_time_target(seconds))
+    out.add("Targets", report.targets_table(checks))
+    command = " ".join(["python -m bench", *argv]) + (" (make bench)" if not argv else "")
+    out.write(output, command, seconds, load_at_start)
+    print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    return 0
+
+
+def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
+    results = []
+    for system, clients, jobs in plan.fanout:
+        began = time.monotonic()
+        print(f"fan-out: {system}, {clients:,} clients on {jobs} job(s) ...", end=" ", flush=True)
+        result = run_fanout(system, clients, jobs, plan.duration, bench_redis)
+        results.append(result)
+        print(
+            f"{time.monotonic() - began:.0f} s: {result.done:,} final, "
+            f"p99 {result.p99_ms:,.0f} ms, RSS {result.rss_mb:,.0f} MB",
+            flush=True,
+        )
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Fan-out: N simulated browsers watch jobs while a worker reports 10 updates a second.
+
+One scenario = one fresh web process (Headway, or the flask-sse peer), one load generator
+process holding N clients, and a writer in this process playing the worker. Phases:
+ramp (clients connect; the worker only keeps its heartbeat), measure (10 writes a second per
+job for `duration` seconds, then the final state), drain (until every connected client has
+the final state, or `drain` seconds). Latency = arrival wall time − write wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+from bench.metrics import ProcessWatch, cpu_seconds, mb
+from bench.servers import ROOT, RedisServer, WebServer, session_cookie, spawn
+from headway.settings import Settings
+from headway.store import JobStore, UpdateResult
+from jobs.reporter import ProgressReporter
+
+RATE = 10  # updates per second per job
+HEARTBEAT_EVERY = 5.0  # while clients connect, as the real reporter's heartbeat would
+PING_EVERY = 0.5  # flask-sse only: an event so that waiting clients get response headers
+PEER_PAYLOAD = "".join(  # about the size of Headway's fragment (4.9 KB with 10 item bars)
+    f'<li class="item"><span>item-{i}.dat</span><div class="bar"><div style="width: 50%">'
+    f"</div></div></li>\n"
+    for i in range(50)
+)[:4800]
+
+
+@dataclasses.dataclass
+class FanoutResult:
+    system: str
+    clients: int
+    jobs: int
+    connected: int
+    done: int
+    delivered: int  # versions that arrived as their own message
+    expected: int  # versions written while the client was connected
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    rss_mb: float
+    cpu_s: float
+    redis_cpu_s: float
+    client_cpu_s: float  # the load generator's, to show whether the clients kept up
+    messages: int  # responses (polling) or messages with an id (SSE) the clients received
+    redis_conns: int
+    ramp_s: float
+    measure_s: float  # the 10-a-second phase and the drain: the span of cpu_s
+    writes_per_s: float
+    errors: dict  # client side: why streams ended without the final state
+    server_log: dict  # server side: its warnings, by message
+
+    @property
+    def delivered_pct(self) -> float:
+        return 100.0 * self.delivered / self.expected if self.expected else math.nan
+
+    @property
+    def cpu_per_message_us(self) -> float:
+        return self.cpu_s * 1e6 / self.messages if self.messages else math.nan
+
+
+class _RecordingStore(JobStore):
+    """The real store; also notes the wall time at which each accepted version was written."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        super().__init__(client, settings)
+        self.writes: dict[str, dict[str, float]] = {}
+
+    def update(self, job_id: str, fields=None, **kwargs) -> UpdateResult:
+        started = time.time()
+        result = super().update(job_id, fields, **kwargs)
+        if result.ok:
+            self.writes.setdefault(job_id, {})[str(result.version)] = started
+        return result
+
+
+class HeadwayWriter:
+    """The worker side: one real ProgressReporter per job, writing only when told to."""
+
+    def __init__(self, redis_url: str, jobs: int, owner: str):
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.store = _RecordingStore(client, Settings.from_env(redis_url=redis_url))
+        self.ids = [
+            self.store.create(kind="bench", owner=owner, title=f"Bench {i}", stages=["Working"])
+            for i in range(jobs)
+        ]
+        # an infinite interval: nothing is written but the explicit flushes below
+        self.reporters = [
+            ProgressReporter(self.store, job_id, interval=math.inf) for job_id in self.ids
+        ]
+        for reporter in self.reporters:
+            reporter.flush(status="running", started_at=time.time())
+        self._last_beat = time.monotonic()
+
+    def paths(self, mode: str) -> list[str]:
+        """What the clients GET: Headway's job streams (the fan-out runs no Headway polling)."""
+        return [f"/jobs/{job_id}/events" for job_id in self.ids]
+
+    def idle(self) -> None:
+        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
+            for reporter in self.reporters:
+                reporter.flush()
+            self._last_beat = time.monotonic()
+
+    def tick(self, i: int, total: int) -> None:
+        for reporter in self.reporters:
+            reporter.set(done=i + 1, total=total, current=f"item-{i}.dat")
+            reporter.item(i % 10, f"item-{i % 10}.dat", 100.0 * (i + 1) / total)
+            if i % 10 == 0:
+                reporter.log(f"{i + 1} of {total} done")
+            reporter.flush()
+
+    def finish(self) -> None:
+        for reporter in self.reporters:
+            reporter.flush(status="succeeded", finished_at=time.time(), message="Done")
+
+    def writes(self) -> dict[str, dict[str, float]]:
+        return {str(i): self.store.writes.get(job_id, {}) for i, job_id in enumerate(self.ids)}
+
+
+class PeerWriter:
+    """The peer's worker side: HSET the state and flask-sse's publish, per job and update."""
+
+    def __init__(self, redis_url: str, jobs: int):
+        from bench import peer_flask_sse  # flask-sse is installed by the time this runs
+
+        self.peer = peer_flask_sse
+        self.app = peer_flask_sse.create_app(redis_url)
+        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.ids = [secrets.token_hex(16) for _ in range(jobs)]
+        self.versions = dict.fromkeys(self.ids, 0)
+        self._writes: dict[str, dict[str, float]] = {job: {} for job in self.ids}
+        self._last_ping = 0.0
+        for job in self.ids:
+            self._write(job, "running", 0.0)
+
+    def paths(self, mode: str) -> list[str]:
+        if mode == "poll":
+            return [f"/poll/{job}" for job in self.ids]
+        return [f"/stream?channel={self.peer.channel(job)}" for job in self.ids]
+
+    def _write(self, job: str, status: str, progress: float) -> None:
+        self.versions[job] += 1
+        version = self.versions[job]
+        state = {"version": version, "status": status, "progress": f"{progress:.1f}"}
+        payload = f'<section id="job-progress" data-version="{version}">\n{PEER_PAYLOAD}</section>'
+        started = time.time()
+        self.peer.publish_state(self.app, self.client, job, state, payload)
+        self._writes[job][str(version)] = started
+
+    def idle(self) -> None:
+        if time.monotonic() - self._last_ping >= PING_EVERY:
+            for job in self.ids:
+                self.peer.publish_ping(self.app, job)
+            self._last_ping = time.monotonic()
+
+    def tick(self, i: int, total: int) -> None:
+        for job in self.ids:
+            self._write(job, "running", 100.0 * (i + 1) / total)
+
+    def finish(self) -> None:
+        for job in self.ids:
+            self._write(job, "succeeded", 100.0)
+
+    def writes(self) -> dict[str, dict[str, float]]:
+        return {str(i): self._writes[job] for i, job in enumerate(self.ids)}
+
+
+class LoadGenerator:
+    """The `bench.loadgen` process, its latest status line and its final result."""
+
+    def __init__(self, port: int, mode: str, clients: int, paths: list[str], cookie: str = ""):
+        self.status = {"ready": 0, "done": 0, "failed": 0, "open": 0}
+        self.result: dict | None = None
+        command = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--mode", mode]
+        command += ["--clients", str(clients), "--cookie", cookie, "--paths", *paths]
+        self.process = spawn(
+            command,
+            "loadgen",
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            message = json.loads(line)
+            if message.pop("type") == "status":
+                self.status = message
+            else:
+                self.result = message
+
+    def wait(self, condition, timeout: float, while_waiting=lambda: None) -> float:
+        """Wait until `condition(status)` or `timeout`; returns the seconds waited."""
+        started = time.monotonic()
+        while not condition(self.status) and time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError("load generator died; see bench/.work/logs/loadgen.log")
+            while_waiting()
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop(self, writes: dict) -> dict:
+        """Close every client and summarize what arrived against `writes`."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "writes.json"
+            path.write_text(json.dumps(writes))
+            self.process.stdin.write(f"stop {path}\n")
+            self.process.stdin.flush()
+            self.process.wait(120)
+        self._reader.join(10)
+        return self.result or {}
+
+
+def run_fanout(
+    system: str,
+    clients: int,
+    jobs: int,
+    duration: float,
+    bench_redis: RedisServer,
+    *,
+    ramp: float = 60.0,
+    drain: float = 30.0,
+) -> FanoutResult:
+    """One scenario. `system`: "headway" (SSE), "flask-sse" or "polling" (the peer's JSON)."""
+    bench_redis.client().flushall()
+    mode = "poll" if system == "polling" else "sse"
+    if system == "headway":
+        server = WebServer("headway", "app:create_app()", bench_redis.url)
+    else:
+        server = WebServer(
+            "peer", "bench.peer_flask_sse:create_app()", bench_redis.url, ready_path="/poll/x"
+        )
+    redis_process = psutil.Process(bench_redis.pid)
+    load = None
+    try:
+        if system == "headway":
+            owner = secrets.token_urlsafe(24)
+            writer, cookie = HeadwayWriter(bench_redis.url, jobs, owner), session_cookie(owner)
+        else:
+            writer, cookie = PeerWriter(bench_redis.url, jobs), ""
+        load = LoadGenerator(server.port, mode, clients, writer.paths(mode), cookie)
+        with ProcessWatch(server.worker, redis_port=bench_redis.port, redis_every=2.0) as watch:
+            ramp_s = load.wait(
+                lambda s: s["ready"] + s["failed"] >= clients, ramp, while_waiting=writer.idle
+            )
+            client_process = psutil.Process(load.pid)
+            cpu0, redis_cpu0 = cpu_seconds(server.worker), cpu_seconds(redis_process)
+            client_cpu0 = cpu_seconds(client_process)
+            ticks = round(duration * RATE)
+            started = time.monotonic()
+            for i in range(ticks):
+                time.sleep(max(0.0, started + i / RATE - time.monotonic()))
+                writer.tick(i, ticks)
+            writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
+            watch.count_redis_now()
+            writer.finish()
+            load.wait(lambda s: s["open"] == 0, drain)
+            measure_s = time.monotonic() - started
+            cpu = cpu_seconds(server.worker) - cpu0
+            redis_cpu = cpu_seconds(redis_process) - redis_cpu0
+            client_cpu = cpu_seconds(client_process) - client_cpu0
+        result = load.stop(writer.writes())
+    finally:
+        server.stop()
+        if load is not None and load.process.poll() is None:
+            load.process.kill()
+    server_log = server.log_messages()
+    latency = result.get("latency_ms", {})
+    return FanoutResult(
+        system=system,
+        clients=clients,
+        jobs=jobs,
+        connected=result.get("connected", 0),
+        done=result.get("done", 0),
+        delivered=result.get("delivered", 0),
+        expected=result.get("expected", 0),
+        p50_ms=latency.get("p50", math.nan),
+        p99_ms=latency.get("p99", math.nan),
+        max_ms=latency.get("max", math.nan),
+        rss_mb=mb(watch.peak_rss),
+        cpu_s=cpu,
+        redis_cpu_s=redis_cpu,
+        client_cpu_s=client_cpu,
+        messages=result.get("requests") or result.get("messages", 0),
+        redis_conns=watch.redis_peak,
+        ramp_s=ramp_s,
+        measure_s=measure_s,
+        writes_per_s=writes_per_s,
+        errors=result.get("errors", {}),
+        server_log=server_log,
+    )

@@ -1,0 +1,150 @@
+"""The issue's targets, checked against what this run measured; each miss says why."""
+
+from __future__ import annotations
+
+from bench.fanout import FanoutResult
+from bench.reporter_cost import Cost
+from bench.upload import UploadResult
+
+Target = tuple[str, str, bool, str]  # (target, measured, met?, why it was missed)
+
+POOL_TIMEOUT = (
+    " A stream that waits more than 10 s for one of the pool's connections gets "
+    "'No connection available' and ends without `done` (BlockingConnectionPool timeout=10, "
+    "headway/connection.py); a browser would reconnect, but the stream was not held."
+)
+
+
+def _target(name: str, measured: str, ok: bool, why: str) -> Target:
+    return name, measured, ok, "" if ok else why
+
+
+def _find(results: list[FanoutResult], system: str, clients: int, jobs: int = 1):
+    return next(
+        (r for r in results if (r.system, r.clients, r.jobs) == (system, clients, jobs)), None
+    )
+
+
+def _per_stream_work(r: FanoutResult) -> str:
+    """Why a Headway scenario cannot keep up, in this run's own figures."""
+    cores = r.cpu_s / r.measure_s
+    return (
+        f"Reads and renders are shared (one per change per web process, "
+        f"headway/web/renders.py); what remains is each stream's own work, waking its "
+        f"greenlet and writing the message to its socket: {r.cpu_per_message_us:,.0f} µs of "
+        f"web CPU per message sent here, so {r.clients:,} streams × 10 updates/s would need "
+        f"{r.clients * 10 * r.cpu_per_message_us / 1e6:,.2f} cores; the one web process got "
+        f"{cores:.2f}, sharing the machine's 2 cores with the load generator and Redis. A "
+        f"stream that falls behind skips to the newest version (state, not events)."
+    )
+
+
+def _ended_early(r: FanoutResult) -> str:
+    """Why streams ended without the final state, from both ends."""
+    client = ", ".join(f"{n:,} × {e}" for e, n in r.errors.items()) or "none"
+    top = sorted(r.server_log.items(), key=lambda kv: -kv[1])[:2]
+    server = "; ".join(f"{n:,} × “{m}”" for m, n in top) or "nothing"
+    note = f"Clients saw: {client}. The web process logged: {server}."
+    if any("No connection available" in m for m in r.server_log):
+        note += POOL_TIMEOUT
+    return note
+
+
+def fanout_targets(results: list[FanoutResult]) -> list[Target]:
+    targets = []
+    r = _find(results, "headway", 1000)
+    if r:
+        targets += [
+            _target(
+                "1,000 clients: p99 update-to-client latency ≤ 50 ms",
+                f"p99 {r.p99_ms:,.0f} ms (p50 {r.p50_ms:,.0f} ms)",
+                r.p99_ms <= 50,
+                _per_stream_work(r),
+            ),
+            _target(
+                "1,000 clients: every client ends with the final state",
+                f"{r.done:,} of {r.clients:,}",
+                r.done == r.clients,
+                _ended_early(r),
+            ),
+        ]
+    r = _find(results, "headway", 5000)
+    if r:
+        targets += [
+            _target(
+                "5,000 concurrent streams held to the end",
+                f"{r.connected:,} connected, {r.done:,} got the final state",
+                r.connected == r.done == r.clients and not r.errors,
+                _ended_early(r),
+            ),
+            _target(
+                "5,000 streams: every update delivered",
+                f"{r.delivered_pct:.1f} % of versions sent as their own event",
+                r.delivered == r.expected > 0,
+                _per_stream_work(r),
+            ),
+            _target(
+                "5,000 streams: web-process RSS < 400 MB",
+                f"{r.rss_mb:,.0f} MB",
+                r.rss_mb < 400,
+                "Memory per held stream is too high.",
+            ),
+        ]
+    mine = [r for r in results if r.system == "headway"]
+    if mine:
+        most = max(r.redis_conns for r in mine)
+        counts = ", ".join(f"{r.clients:,} on {r.jobs}: {r.redis_conns}" for r in mine)
+        targets.append(
+            _target(
+                "Redis connections held by a web process: a handful (≤ 5), whatever N",
+                f"up to {most} (clients on jobs: {counts})",
+                most <= 5,
+                "The command pool (headway/connection.py) opened past its cap, or more "
+                "than one subscription was held.",
+            )
+        )
+    return targets
+
+
+def reporter_targets(costs: list[Cost]) -> list[Target]:
+    by_name = {c.name.split(" (")[0]: c for c in costs}
+    coalesced = by_name["reporter.advance()"]
+    floor = next(c for c in costs if c.name.startswith("floor")).p50_us
+    update = by_name["JobStore.update"]
+    flush = by_name["reporter.flush()"]
+    return [
+        _target(
+            "A coalesced report call costs < 5 µs",
+            f"{coalesced.mean_us:.2f} µs per call",
+            coalesced.mean_us < 5,
+            "The reporter's per-call bookkeeping (lock, clock) is too slow.",
+        ),
+        _target(
+            "A real write (atomic update + publish) costs < 3 round trips",
+            f"{update.p50_us / floor:.2f} × the HSET + PUBLISH floor (p50 {update.p50_us:.0f} "
+            f"vs {floor:.0f} µs); a whole reporter.flush() is {flush.p50_us / floor:.2f} ×",
+            update.p50_us < 3 * floor,
+            "The Lua script's checks and bookkeeping run inside Redis on every write.",
+        ),
+    ]
+
+
+def upload_targets(result: UploadResult) -> list[Target]:
+    accepted = result.status in (200, 302, 303)
+    return [
+        _target(
+            f"Upload of {result.size_bytes / 1024**3:g} GiB: web-process RSS grows < 64 MB",
+            f"+{result.growth_mb:.1f} MB (HTTP {result.status})",
+            result.growth_mb < 64 and accepted,
+            "The upload was held in memory." if accepted else "The upload was refused.",
+        )
+    ]
+
+
+def run_time_target(seconds: float) -> Target:
+    return _target(
+        "The whole run takes < 15 minutes",
+        f"{seconds / 60:.1f} min",
+        seconds < 15 * 60,
+        "Scenarios ran into their connect (60 s) or drain (30 s) time limits.",
+    )

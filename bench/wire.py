@@ -1,0 +1,104 @@
+"""Just enough HTTP/1.1 and SSE over asyncio streams for thousands of cheap clients."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+SSE_FIELD = re.compile(rb"^(event|id):[ ]?([^\n]*)$", re.MULTILINE)
+
+
+def get_request(path: str, port: int, cookie: str = "", accept: str = "*/*") -> bytes:
+    """A keep-alive GET, as a browser would send it (HTTP/1.1, so streams come chunked)."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Accept: {accept}"]
+    if cookie:
+        lines.append(f"Cookie: {cookie}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """The status code and the (lower-cased) headers of a response."""
+    raw = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = raw.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers
+
+
+async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    """A whole response body, by Content-Length or chunked."""
+    if "content-length" in headers:
+        return await reader.readexactly(int(headers["content-length"]))
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readuntil(b"\r\n")
+        return bytes(body)
+    return await reader.read()
+
+
+class ChunkedDecoder:
+    """Decodes a chunked body that arrives in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0  # bytes of the current chunk still to come
+        self._crlf = False  # the CRLF after a chunk's data is still to come
+        self.finished = False
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf
+        buf += data
+        out = bytearray()
+        pos = 0
+        while not self.finished:
+            if self._left:
+                take = min(self._left, len(buf) - pos)
+                out += buf[pos : pos + take]
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if len(buf) - pos < 2:
+                    break
+                pos += 2
+                self._crlf = False
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            size = int(bytes(buf[pos:end]).split(b";")[0], 16)
+            pos = end + 2
+            if size == 0:
+                self.finished = True
+            self._left = size
+        del buf[:pos]
+        return bytes(out)
+
+
+class SseParser:
+    """Splits an event stream into messages; keeps only each message's event name and id."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[str, str | None]]:
+        """(event, id) of every message completed by `data`; comments and bare retries skipped."""
+        self._buf += data
+        messages = []
+        start = 0
+        while (end := self._buf.find(b"\n\n", start)) >= 0:
+            fields = dict(SSE_FIELD.findall(self._buf, start, end))
+            start = end + 2
+            if fields:
+                event = fields.get(b"event", b"message").decode()
+                event_id = fields[b"id"].decode() if b"id" in fields else None
+                messages.append((event, event_id))
+        del self._buf[:start]
+        return messages
