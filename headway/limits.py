@@ -1,7 +1,8 @@
 """Per-owner limits kept in Redis, so they hold across web processes.
 
 Streams open at once: a sorted set per owner of stream tokens scored by lease expiry; a
-stream renews its lease at every keepalive, so a process that dies leaks nothing for long.
+live stream renews its lease (and the set's expiry) about once per keepalive interval,
+busy or quiet, so a process that dies leaks nothing for long.
 Jobs created per minute: a counter per owner and minute.
 """
 

@@ -70,11 +70,15 @@ class _Process:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
         self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
+        self.argv, self.env = argv, env
+        self._launch("wb")
+
+    def _launch(self, log_mode: str) -> None:
+        with open(self.log_path, log_mode) as log:
             self.process = subprocess.Popen(
-                argv,
+                self.argv,
                 cwd=ROOT,
-                env={**os.environ, **env},
+                env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -112,6 +116,20 @@ class LiveServer(_Process):
             {**env, "PORT": str(self.port), "HOST": "127.0.0.1"},
             log_dir,
         )
+
+    def start(self) -> None:
+        """Start a new server process on the same port, after `stop()`; back when healthy.
+
+        Browsers keep their URLs, as they would across a deployment or a crash and restart.
+        """
+        if self.process.poll() is None:
+            raise RuntimeError("the server is still running; stop() it first")
+        self._launch("ab")  # one log for all of the port's lives
+        self.wait_ready(need_consumer=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def health(self) -> dict | None:
         try:
