@@ -76,6 +76,8 @@ load against Headway (gunicorn + gevent, one worker) and against a minimal Flask
 on flask-sse under the same gunicorn config, plus JSON polling once a second per client.
 Clients are a separate asyncio process on the same machine; a writer plays the worker and
 drives Headway's real ProgressReporter (or flask-sse's publish) at 10 updates a second.
+During the fan-out scenarios the web process under test has the first CPU to itself and
+everything else (clients, Redis, the writer) shares the other.
 """
 
 NOTES = {

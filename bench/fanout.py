@@ -24,7 +24,17 @@ import psutil
 import redis
 
 from bench.metrics import ProcessWatch, cpu_seconds, mb
-from bench.servers import ROOT, RedisServer, WebServer, session_cookie, spawn
+from bench.servers import (
+    ALL_CPUS,
+    OTHER_CPUS,
+    ROOT,
+    WEB_CPU,
+    RedisServer,
+    WebServer,
+    pin,
+    session_cookie,
+    spawn,
+)
 from headway.settings import Settings
 from headway.store import JobStore, UpdateResult
 from jobs.reporter import ProgressReporter
@@ -260,6 +270,11 @@ def run_fanout(
         else:
             writer, cookie = PeerWriter(bench_redis.url, jobs), ""
         load = LoadGenerator(server.port, mode, clients, writer.paths(mode), cookie)
+        # One core for the web process under test, the other for everything else (clients,
+        # Redis, the writer), so that they do not take turns on the same core.
+        pin(server.worker, WEB_CPU)
+        for other in (psutil.Process(load.pid), redis_process, psutil.Process()):
+            pin(other, OTHER_CPUS)
         with ProcessWatch(server.worker, redis_port=bench_redis.port, redis_every=2.0) as watch:
             ramp_s = load.wait(
                 lambda s: s["ready"] + s["failed"] >= clients, ramp, while_waiting=writer.idle
@@ -282,6 +297,7 @@ def run_fanout(
             client_cpu = cpu_seconds(client_process) - client_cpu0
         result = load.stop(writer.writes())
     finally:
+        pin(psutil.Process(), ALL_CPUS)
         server.stop()
         if load is not None and load.process.poll() is None:
             load.process.kill()

@@ -6,6 +6,7 @@ to bench/.work/logs/ (ignored by git), data to temporary folders removed on stop
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -215,3 +216,14 @@ class WebServer:
     def stop(self) -> None:
         _stop(self.process)
         shutil.rmtree(self.instance, ignore_errors=True)
+
+
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+WEB_CPU = ALL_CPUS[:1]
+OTHER_CPUS = ALL_CPUS[1:] or ALL_CPUS
+
+
+def pin(process: psutil.Process, cpus: list[int]) -> None:
+    """Keep a process on the given CPUs (a no-op on a one-CPU machine)."""
+    with contextlib.suppress(psutil.Error):
+        process.cpu_affinity(cpus)

@@ -28,14 +28,17 @@ def _find(results: list[FanoutResult], system: str, clients: int, jobs: int = 1)
 def _per_stream_work(r: FanoutResult) -> str:
     """Why a Headway scenario cannot keep up, in this run's own figures."""
     cores = r.cpu_s / r.measure_s
+    serial_ms = r.clients * r.cpu_per_message_us / 1000
     return (
         f"Reads and renders are shared (one per change per web process, "
         f"headway/web/renders.py); what remains is each stream's own work, waking its "
         f"greenlet and writing the message to its socket: {r.cpu_per_message_us:,.0f} µs of "
-        f"web CPU per message sent here, so {r.clients:,} streams × 10 updates/s would need "
-        f"{r.clients * 10 * r.cpu_per_message_us / 1e6:,.2f} cores; the one web process got "
-        f"{cores:.2f}, sharing the machine's 2 cores with the load generator and Redis. A "
-        f"stream that falls behind skips to the newest version (state, not events)."
+        f"web CPU per message here. One process sends an update to its streams one after "
+        f"another, so the last of {r.clients:,} streams gets it about {serial_ms:,.0f} ms "
+        f"after the first, before the clients' own processing; at 10 updates/s that is "
+        f"{r.clients * 10 * r.cpu_per_message_us / 1e6:,.2f} cores of work, and the web "
+        f"process used {cores:.2f}. A stream that falls behind skips to the newest version "
+        f"(state, not events). More web processes (WEB_CONCURRENCY) divide the fan-out."
     )
 
 

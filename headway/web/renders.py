@@ -24,8 +24,8 @@ class Rendered:
     version: int
     status: str
     finished: bool
-    message: str
-    notice: str = ""  # for list pages: the "job finished" message, once it has
+    message: bytes  # encoded once, sent to every watcher as it is
+    notice: bytes = b""  # for list pages: the "job finished" message, once it has
 
 
 class SharedRenders:

@@ -24,6 +24,8 @@ log = logging.getLogger("headway.streams")
 bp = Blueprint("streams", __name__)
 
 RETRY_MS = 1000  # how long a browser waits before reconnecting a closed stream
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
+KEEPALIVE = b": keepalive\n\n"
 
 
 def _clean(value: object) -> str:
@@ -47,7 +49,7 @@ def parse_last_event_id(value: str | None) -> int | None:
     return None
 
 
-def _stream(generate: Iterator[str]) -> Response:
+def _stream(generate: Iterator[bytes]) -> Response:
     return Response(
         generate,
         mimetype="text/event-stream",
@@ -100,7 +102,7 @@ def _render_job(job_id: str, context) -> Callable[[float], Rendered | None]:
             state = reap_if_stale(state)
             event = "done" if state.finished else "progress"
             html = render_progress_of(state, items, log_lines, shared=True)
-        message = sse(event, html, state.version)
+        message = sse(event, html, state.version).encode()
         return Rendered(read_at, state.version, state.status, state.finished, message)
 
     return render
@@ -115,10 +117,10 @@ def _render_row(job_id: str, context) -> Callable[[float], Rendered | None]:
             if state is None:
                 return None
             state = reap_if_stale(state)
-            row = sse(f"job-{state.id}", render_row(state))
-            notice = ""
+            row = sse(f"job-{state.id}", render_row(state)).encode()
+            notice = b""
             if state.finished:
-                notice = sse("notice", render_template("partials/notice.html", job=state))
+                notice = sse("notice", render_template("partials/notice.html", job=state)).encode()
         return Rendered(read_at, state.version, state.status, state.finished, row, notice)
 
     return render
@@ -135,9 +137,9 @@ def job_events(job_id: str):
 
     render = _render_job(job.id, _request_context())
 
-    def generate() -> Iterator[str]:
+    def generate() -> Iterator[bytes]:
         try:
-            yield f"retry: {RETRY_MS}\n\n"  # headers and a first byte go out at once
+            yield RETRY  # headers and a first byte go out at once
             with svc.hub.watch(job_ids=[job.id]) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 sent = last_seen
@@ -157,7 +159,7 @@ def job_events(job_id: str):
                         return  # the browser reconnects with Last-Event-ID
                     keepalive = svc.settings.keepalive_seconds
                     if watcher.wait(min(keepalive, remaining)) is None:
-                        yield ": keepalive\n\n"
+                        yield KEEPALIVE
                         # Quiet for a while: look again (its worker may have died), sharing
                         # the look with the job's other streams.
                         fresh_since = time.monotonic() - keepalive / 2
@@ -182,9 +184,9 @@ def owner_events():
 
     context = _request_context()
 
-    def generate() -> Iterator[str]:
+    def generate() -> Iterator[bytes]:
         try:
-            yield f"retry: {RETRY_MS}\n\n"
+            yield RETRY
             with svc.hub.watch(owner=owner) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 statuses: dict[str, str] = {}
@@ -198,14 +200,14 @@ def owner_events():
                         if state is not None:
                             messages.append(_row_messages(job_id, state, statuses))
                     if messages:
-                        yield "".join(messages)
+                        yield b"".join(messages)
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return
                     changed = watcher.wait(min(svc.settings.keepalive_seconds, remaining))
                     lease.renew()
                     if changed is None:
-                        yield ": keepalive\n\n"
+                        yield KEEPALIVE
                         job_ids = []
                         continue
                     ids, everything = changed
@@ -222,7 +224,7 @@ def owner_events():
     return _stream(generate())
 
 
-def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> str:
+def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> bytes:
     """The row's event, with the "job finished" notice if this stream saw the job run."""
     was = statuses.get(job_id)
     statuses[job_id] = state.status
