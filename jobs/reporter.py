@@ -1,7 +1,7 @@
 """The progress reporter that job code talks to.
 
 Job code calls it as often as it likes; the reporter keeps the state in memory and writes
-it at most once per `interval` (default 0.1 s). Stage changes, log lines at error level and
+it at most once per `interval` (default 0.1 s). Stage changes, warning and error log lines and
 the final state go out at once. A background thread flushes pending changes and keeps the
 heartbeat while the job runs, so a job stuck inside one long item still looks alive and
 its last report still reaches the page.

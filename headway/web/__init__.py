@@ -8,7 +8,7 @@ import secrets
 import time
 
 import redis
-from flask import Flask, abort, current_app, g, jsonify, render_template, request, session
+from flask import Flask, abort, current_app, jsonify, render_template, request, session
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -170,4 +170,4 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
 
     @app.context_processor
     def globals_for_templates():
-        return {"transport": g.get("transport", settings.transport), "is_htmx": is_htmx()}
+        return {"transport": settings.transport}

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, redirect, render_template, url_for
 
 from headway.web import current_owner, is_htmx, load_job, reap_if_stale, services
 from jobs import control, kinds
 
 bp = Blueprint("pages", __name__)
-
-
-@bp.before_app_request
-def choose_transport() -> None:
-    """`?transport=poll` (the browser's fallback) overrides the configured transport."""
-    if request.args.get("transport") == "poll":
-        g.transport = "poll"
 
 
 def render_progress(job_id: str, *, polling: bool = False) -> str:
@@ -73,9 +66,7 @@ def job_page(job_id: str):
     return render_template(
         "jobs/show.html",
         job=job,
-        progress=render_progress(
-            job.id, polling=g.get("transport") == "poll" or services().settings.transport == "poll"
-        ),
+        progress=render_progress(job.id, polling=services().settings.transport == "poll"),
     )
 
 

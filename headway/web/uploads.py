@@ -135,6 +135,18 @@ def save_inputs(kind: kinds.JobKind, job_dir: Path, uploads: list[FileStorage]) 
     return names
 
 
+def _blank_form(kind: kinds.JobKind):
+    return kind.options() if kind.options else None
+
+
+def _title(kind: kinds.JobKind, names: list[str]) -> str:
+    """The job's title from its kind and files, e.g. "Count lines: a.txt and 1 more"."""
+    if not names:
+        return kind.title
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"{kind.title}: {names[0]}{more}"
+
+
 def _form_response(kind, form, error: str | None, status: int = 200):
     template = "partials/job_form.html" if is_htmx() else "jobs/new.html"
     return render_template(template, kind=kind, form=form, error=error), status
@@ -147,13 +159,13 @@ def new_job(slug: str):
     if kind is None:
         abort(404)
     if request.method == "GET":
-        return _form_response(kind, kind.options() if kind.options else None, None)
+        return _form_response(kind, _blank_form(kind), None)
 
     svc = services()
     if (request.content_length or 0) > kind.max_total_bytes + MULTIPART_OVERHEAD:
         return _form_response(
             kind,
-            kind.options() if kind.options else None,
+            _blank_form(kind),
             f"The upload is larger than {filesize(kind.max_total_bytes)}, "
             f"the most {kind.title} takes.",
             413,
@@ -164,7 +176,7 @@ def new_job(slug: str):
     except RequestEntityTooLarge:
         return _form_response(
             kind,
-            kind.options() if kind.options else None,
+            _blank_form(kind),
             f"The upload is larger than "
             f"{filesize(current_app.config['MAX_CONTENT_LENGTH'])}, the most "
             "this server accepts.",
@@ -180,15 +192,14 @@ def new_job(slug: str):
     try:
         names = save_inputs(kind, job_dir, uploads)
         params = json.loads(json.dumps(form.data if form else {}, default=str))
-        title = (
-            kind.title
-            if not names
-            else (
-                f"{kind.title}: {names[0]}"
-                + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-            )
+        control.submit(
+            kind,
+            job_id=job_id,
+            owner=owner,
+            title=_title(kind, names),
+            params=params,
+            inputs=names,
         )
-        control.submit(kind, job_id=job_id, owner=owner, title=title, params=params, inputs=names)
     except Refused as refusal:
         shutil.rmtree(job_dir, ignore_errors=True)
         return _form_response(kind, form, str(refusal), refusal.status)
