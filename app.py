@@ -50,11 +50,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
 
     settings = dataclasses.replace(settings, redis_url=resolve_redis_url(settings))
-    csrf.init_app(app)
-
     from headway.web import init_app
 
     init_app(app, settings, redis_client(settings.redis_url))
+    csrf.init_app(app)  # after the web's own checks, which must run before it reads a form
     return app
 
 

@@ -109,7 +109,8 @@ class ChangeHub:
                 self._by_job.setdefault(job_id, set()).add(watcher)
             if owner:
                 self._by_owner.setdefault(owner, set()).add(watcher)
-        watcher.changed_at = time.monotonic()  # changes from now on reach it by notify()
+            with watcher._lock:  # changes from now on reach it by notify()
+                watcher.changed_at = time.monotonic()
         try:
             yield watcher
         finally:

@@ -33,7 +33,6 @@ RUNNING = "hw:running"
 RETENTION = "hw:retention"
 CONSUMERS = "hw:consumers"
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-ACTIVE_STATUSES = frozenset({"running", "retrying"})
 JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
 # KEYS: job, log, items, running, retention
@@ -55,8 +54,8 @@ if final[status] then
   if not only_link then return {'final', status, f.status or f.progress or ''} end
 end
 local cutoff = ARGV[8]
-if cutoff ~= '' and tonumber(cur[3] or '0') >= tonumber(cutoff) then
-  return {'alive', cur[3] or '', cutoff}
+if cutoff ~= '' and (status ~= 'running' or tonumber(cur[3] or '0') >= tonumber(cutoff)) then
+  return {'alive', cur[3] or '', cutoff}  -- only a silent running job is reaped
 end
 if f.attempt and tonumber(f.attempt) < tonumber(cur[4] or '1') then
   return {'stale', cur[4], f.attempt}
@@ -157,10 +156,6 @@ class JobState:
     @property
     def finished(self) -> bool:
         return self.status in FINAL_STATUSES
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
 
     @property
     def elapsed(self) -> float:

@@ -1,4 +1,8 @@
-"""What the web side asks of the queue: submit, cancel and retry jobs."""
+"""What the web side asks of the queue: submit, cancel and retry jobs.
+
+Each call takes the store to write through; the web passes its own (configured like the
+app), and it defaults to the worker side's.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,14 @@ import os
 import shutil
 import time
 
-from headway.store import JobState, format_log_line, new_job_id
+from headway.store import JobState, JobStore, format_log_line, new_job_id
 from jobs import kinds
 from jobs.queue import huey, job_store
 from jobs.runner import run_job
+
+
+class InputsGone(Exception):
+    """A job's inputs are no longer there (its retention ended): it cannot be retried."""
 
 
 def submit(
@@ -22,9 +30,15 @@ def submit(
     inputs: list[str],
     attempt: int = 1,
     retry_of: str = "",
+    store: JobStore | None = None,
 ) -> str:
-    """Create the `queued` record, then enqueue the task (whose Huey id is the job id)."""
-    job_store().create(
+    """Create the `queued` record, then enqueue the task (whose Huey id is the job id).
+
+    Should the enqueue fail, the record goes too: no job waits forever for a task that
+    was never queued.
+    """
+    store = store or job_store()
+    store.create(
         job_id=job_id,
         kind=kind.slug,
         owner=owner,
@@ -35,20 +49,26 @@ def submit(
         attempt=attempt,
         retry_of=retry_of,
     )
-    huey.enqueue(run_job.s(job_id, id=job_id, retries=kind.retries, retry_delay=kind.retry_delay))
+    try:
+        huey.enqueue(
+            run_job.s(job_id, id=job_id, retries=kind.retries, retry_delay=kind.retry_delay)
+        )
+    except BaseException:
+        store.remove(job_id, owner)
+        raise
     return job_id
 
 
-def cancel(job: JobState) -> bool:
+def cancel(job: JobState, store: JobStore | None = None) -> bool:
     """Cancel a job waiting in the queue (or for a Huey retry) at once, by revoking it; ask a
     running one to stop at its next report. Returns whether anything changed.
 
     A job that starts between the read and the write is cancelled all the same: its worker's
     next report is refused, which stops it.
     """
-    store = job_store()
+    store = store or job_store()
     if job.status in ("queued", "retrying"):
-        huey.revoke_by_id(job.id)
+        huey.revoke_by_id(job.id, revoke_once=True)  # the flag goes once the task is skipped
         line = "Cancelled before it started" if job.status == "queued" else "Cancelled"
         return store.update(
             job.id,
@@ -64,29 +84,36 @@ def cancel(job: JobState) -> bool:
     return False
 
 
-def retry(job: JobState) -> str:
+def retry(job: JobState, store: JobStore | None = None) -> str:
     """Start a new attempt of a finished job from the same inputs; returns the new job id."""
     kind = kinds.get(job.kind)
     if kind is None:
         raise LookupError(job.kind)
-    store = job_store()
+    store = store or job_store()
     new_id = new_job_id()
     source, target = store.job_dir(job.id) / "input", store.job_dir(new_id) / "input"
+    if not all((source / name).is_file() for name in job.inputs):
+        raise InputsGone(job.id)
     target.mkdir(parents=True)
-    for name in job.inputs:
-        try:
-            os.link(source / name, target / name)  # no copy of possibly huge inputs
-        except OSError:
-            shutil.copyfile(source / name, target / name)
-    submit(
-        kind,
-        job_id=new_id,
-        owner=job.owner,
-        title=job.title,
-        params=job.params,
-        inputs=job.inputs,
-        attempt=job.attempt + 1,
-        retry_of=job.id,
-    )
+    try:
+        for name in job.inputs:
+            try:
+                os.link(source / name, target / name)  # no copy of possibly huge inputs
+            except OSError:
+                shutil.copyfile(source / name, target / name)
+        submit(
+            kind,
+            job_id=new_id,
+            owner=job.owner,
+            title=job.title,
+            params=job.params,
+            inputs=job.inputs,
+            attempt=job.attempt + 1,
+            retry_of=job.id,
+            store=store,
+        )
+    except BaseException:
+        shutil.rmtree(store.job_dir(new_id), ignore_errors=True)
+        raise
     store.update(job.id, {"retried_as": new_id})
     return new_id

@@ -141,6 +141,7 @@ class ProgressReporter:
         """Add a line to the job's recent log; warnings and errors are written at once."""
         with self._lock:
             self._log.append(format_log_line(message, level))
+            del self._log[: -self.store.settings.log_lines]  # only these would be kept
             self._dirty = True
         if level in ("warning", "error"):
             self.flush()
@@ -169,6 +170,7 @@ class ProgressReporter:
 
     def _snapshot(self, now: float, mono: float) -> tuple[dict, list[str], dict]:
         progress = self.progress
+        self._floor = progress  # a later count (a larger total, say) never shows less
         self._progress_samples.append((mono, progress))
         self._done_samples.append((mono, self.done))
         rate = _slope(self._done_samples, mono)

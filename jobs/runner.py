@@ -184,13 +184,6 @@ def on_interrupted(signal, task, *args) -> None:
         )
 
 
-def enqueue(job_id: str, kind: kinds.JobKind) -> str:
-    """Queue a job whose `queued` record exists; returns the Huey task id."""
-    task = run_job.s(job_id, retries=kind.retries, retry_delay=kind.retry_delay)
-    huey.enqueue(task)
-    return task.id
-
-
 def reap_stale_jobs() -> int:
     """Mark every running job whose heartbeat is older than the timeout as interrupted."""
     store = job_store()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from headway.store import new_job_id
 from jobs import control, kinds
 
@@ -125,3 +127,22 @@ def test_cancel_while_waiting_for_a_huey_retry_revokes_it(store):
     assert control.cancel(store.get(job_id))
     assert store.get(job_id).status == "cancelled"
     assert huey.is_revoked(run_job.s(job_id, id=job_id))
+
+
+def test_a_skipped_revoked_task_leaves_no_revocation_behind(store):
+    from jobs.queue import huey
+
+    job_id = submit(store, steps=3)
+    control.cancel(store.get(job_id))
+    later = submit(store, steps=1)
+    with running_consumer(workers=1):
+        final(store, later)
+    assert not huey.storage.has_data_for_key(f"r:{job_id}")
+
+
+def test_retry_of_a_job_whose_inputs_are_gone_is_refused(store, consumer):
+    job = final(store, submit(store, slug="refuse"))
+    job.inputs = ["gone.txt"]
+    with pytest.raises(control.InputsGone):
+        control.retry(job)
+    assert store.get(job.id).retried_as == ""

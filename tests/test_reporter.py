@@ -122,3 +122,16 @@ def test_rate_and_eta_are_written(store, job_id):
         time.sleep(0.02)
     job = store.get(job_id)
     assert job.rate > 0 and job.eta is not None and job.eta > 0
+
+
+def test_a_larger_total_never_lowers_what_was_shown_nor_loses_a_line(store, job_id):
+    reporter = ProgressReporter(store, job_id, STAGES, interval=0, heartbeat_interval=60)
+    reporter.stage("Work", total=10)
+    reporter.advance(5)
+    shown = store.get(job_id).progress
+    reporter.set(total=100)  # the work turned out larger: the fraction drops
+    reporter.log("important line")
+    reporter.item(0, "a", 50)
+    assert store.get(job_id).progress == shown
+    assert store.log_lines(job_id)[-1]["msg"] == "important line"
+    assert [i.name for i in store.items(job_id)] == ["a"]

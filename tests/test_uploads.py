@@ -276,3 +276,28 @@ def test_non_utf8_mixed_encoding_csv_with_a_50_mb_line_is_processed(web, store, 
     assert "has a line longer than 10 MiB characters" in report
     converted = (output / "mixed.csv").read_text(encoding="utf-8")
     assert "Müller" in converted and "Zoë" in converted
+
+
+def test_a_huge_name_is_cut_in_one_step_on_a_character_boundary():
+    name = safe_name("é" * 150_000 + ".txt", 0)
+    assert name == "é" * 58 + ".txt"  # 116 + 4 bytes: 120 at most, no half character
+    assert len(name.encode()) <= 120
+
+
+def test_oversized_upload_is_refused_before_csrf_reads_the_body(store):
+    app = create_app({"TESTING": True})  # CSRF on: it would read the form first
+    client = app.test_client()
+    body = b"x" * 2_100_000
+    before = snapshot(store)
+    response = client.post(
+        "/jobs/new/lines",
+        input_stream=io.BytesIO(body),
+        content_length=len(body),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert response.status_code == 413
+    assert "the most Count lines takes." in response.text
+    assert not (store.settings.instance_path / "uploads").exists() or not list(
+        (store.settings.instance_path / "uploads").iterdir()
+    )
+    assert snapshot(store) == before

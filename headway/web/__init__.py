@@ -162,6 +162,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     app.jinja_env.trim_blocks = True  # smaller fragments on the wire
     app.jinja_env.lstrip_blocks = True
     app.before_request(ensure_owner)
+    app.before_request(uploads.refuse_oversized_upload)  # before CSRF reads the body
     app.after_request(security_headers)
     register_errors(app)
     register_filters(app)

@@ -21,11 +21,14 @@ def duration(seconds: float | None) -> str:
 
 
 def filesize(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    """Decimal units, as file managers show them; GB is the largest."""
+    if abs(size) < 1000:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         size /= 1000
-    return f"{size:.1f} TB"
+        if abs(size) < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 def rate(value: float, unit: str) -> str:

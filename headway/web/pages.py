@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, redirect, render_template, url_for
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
 from headway.web import current_owner, is_htmx, load_job, reap_if_stale, services
 from jobs import control, kinds
@@ -82,7 +82,8 @@ def _after_action(job_id: str, target_job_id: str | None = None) -> Response:
     if is_htmx():
         if target_job_id:
             return Response(headers={"HX-Redirect": url_for("pages.job_page", job_id=target)})
-        return Response(render_progress(job_id))
+        # A page that polls keeps polling: the answer replaces the region that asks.
+        return Response(render_progress(job_id, polling=request.form.get("polling") == "1"))
     return redirect(url_for("pages.job_page", job_id=target), code=303)
 
 
@@ -92,9 +93,9 @@ def cancel(job_id: str):
     job = load_job(job_id)
     if job.finished:
         if is_htmx():
-            return Response(render_progress(job.id))
+            return _after_action(job.id)
         abort(409, f"This job already ended ({job.status}); there is nothing to cancel.")
-    control.cancel(job)
+    control.cancel(job, services().store)
     return _after_action(job.id)
 
 
@@ -112,6 +113,9 @@ def retry(job_id: str):
         return _after_action(job.id, job.retried_as)
     svc = services()
     svc.limits.check_job(job.owner, running_now=svc.store.owner_running_count(job.owner))
-    new_id = control.retry(job)
+    try:
+        new_id = control.retry(job, svc.store)
+    except control.InputsGone:
+        abort(409, "This job's files are no longer kept, so it cannot be retried; start a new job.")
     svc.limits.record_job(job.owner)
     return _after_action(job.id, new_id)

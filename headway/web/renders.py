@@ -31,7 +31,7 @@ class Rendered:
 class SharedRenders:
     """Rendered messages by (purpose, job id), newest first to stay, bounded in number."""
 
-    def __init__(self, max_entries: int = 4096):
+    def __init__(self, max_entries: int = 1024):
         self.max_entries = max_entries
         self._entries: collections.OrderedDict[tuple[str, str], Rendered] = (
             collections.OrderedDict()
@@ -62,8 +62,9 @@ class SharedRenders:
                 return entry
             entry = render(time.monotonic())
             with self._lock:
-                if entry is None:
+                if entry is None:  # the job is gone: so is all we kept for it
                     self._entries.pop(key, None)
+                    self._locks.pop(key, None)
                 else:
                     self._entries[key] = entry
                     self._entries.move_to_end(key)

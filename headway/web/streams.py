@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 
 import redis
 from flask import Blueprint, Response, current_app, render_template, request
 
+from headway.hub import HubUnavailable
 from headway.store import FINAL_STATUSES
 from headway.web import current_owner, load_job, reap_if_stale, services
 from headway.web.pages import render_progress_of, render_row
@@ -23,6 +25,7 @@ from headway.web.renders import Rendered
 log = logging.getLogger("headway.streams")
 bp = Blueprint("streams", __name__)
 
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the three SSE knows, and no others
 RETRY_MS = 1000  # how long a browser waits before reconnecting a closed stream
 RETRY = f"retry: {RETRY_MS}\n\n".encode()
 KEEPALIVE = b": keepalive\n\n"
@@ -38,7 +41,7 @@ def sse(event: str | None, data: str, event_id: object = None) -> str:
     lines = [] if event_id is None else [f"id: {_clean(event_id)}"]
     if event:
         lines.append(f"event: {_clean(event)}")
-    lines += [f"data: {line}" for line in (data.splitlines() or [""])]
+    lines += [f"data: {line}" for line in LINE_BREAK.split(data)]
     return "\n".join(lines) + "\n\n"
 
 
@@ -166,7 +169,7 @@ def job_events(job_id: str):
                     else:
                         fresh_since = watcher.changed_at
                     lease.renew()
-        except redis.RedisError as exc:
+        except (redis.RedisError, HubUnavailable) as exc:
             log.warning("job %s: stream ended, redis unavailable: %s", job.id, exc)
         finally:
             lease.release()
@@ -216,7 +219,7 @@ def owner_events():
                     job_ids = sorted(ids)
                     for job_id in job_ids:  # a job created elsewhere: known from now on
                         statuses.setdefault(job_id, "queued")
-        except redis.RedisError as exc:
+        except (redis.RedisError, HubUnavailable) as exc:
             log.warning("owner stream ended, redis unavailable: %s", exc)
         finally:
             lease.release()

@@ -77,8 +77,8 @@ def safe_name(raw: str, index: int) -> str:
     if not dot:
         stem, ext = name, ""
     ext = ext[:16]
-    while len(f"{stem}.{ext}".encode()) > MAX_NAME_BYTES and stem:
-        stem = stem[:-1]
+    room = MAX_NAME_BYTES - len(ext.encode()) - 1
+    stem = stem.encode()[:room].decode("utf-8", "ignore")  # one cut, never mid-character
     name = f"{stem}.{ext}" if stem and ext else (stem or "")
     return name or f"file-{index + 1}{'.' + ext if ext else ''}"
 
@@ -135,6 +135,35 @@ def save_inputs(kind: kinds.JobKind, job_dir: Path, uploads: list[FileStorage]) 
     return names
 
 
+def refuse_oversized_upload():
+    """Refuse an upload by its declared length, before anything (CSRF included) reads it."""
+    if request.method != "POST" or request.endpoint != "uploads.new_job":
+        return None
+    kind = kinds.get((request.view_args or {}).get("slug", ""))
+    length = request.content_length or 0
+    if kind is not None and length > kind.max_total_bytes + MULTIPART_OVERHEAD:
+        return _form_response(
+            kind,
+            _blank_form(kind),
+            f"The upload is larger than {filesize(kind.max_total_bytes)}, "
+            f"the most {kind.title} takes.",
+            413,
+        )
+    if kind is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
+        return _too_large_for_server(kind)
+    return None
+
+
+def _too_large_for_server(kind: kinds.JobKind):
+    return _form_response(
+        kind,
+        _blank_form(kind),
+        f"The upload is larger than {filesize(current_app.config['MAX_CONTENT_LENGTH'])}, "
+        "the most this server accepts.",
+        413,
+    )
+
+
 def _blank_form(kind: kinds.JobKind):
     return kind.options() if kind.options else None
 
@@ -162,26 +191,11 @@ def new_job(slug: str):
         return _form_response(kind, _blank_form(kind), None)
 
     svc = services()
-    if (request.content_length or 0) > kind.max_total_bytes + MULTIPART_OVERHEAD:
-        return _form_response(
-            kind,
-            _blank_form(kind),
-            f"The upload is larger than {filesize(kind.max_total_bytes)}, "
-            f"the most {kind.title} takes.",
-            413,
-        )
     try:
         form = kind.options(request.form) if kind.options else None
         uploads = _chosen_files()
-    except RequestEntityTooLarge:
-        return _form_response(
-            kind,
-            _blank_form(kind),
-            f"The upload is larger than "
-            f"{filesize(current_app.config['MAX_CONTENT_LENGTH'])}, the most "
-            "this server accepts.",
-            413,
-        )
+    except RequestEntityTooLarge:  # a body longer than it said (or of unknown length)
+        return _too_large_for_server(kind)
     if form is not None and not form.validate():
         return _form_response(kind, form, "Please correct the highlighted fields.", 400)
 
@@ -199,6 +213,7 @@ def new_job(slug: str):
             title=_title(kind, names),
             params=params,
             inputs=names,
+            store=svc.store,
         )
     except Refused as refusal:
         shutil.rmtree(job_dir, ignore_errors=True)
