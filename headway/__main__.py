@@ -30,7 +30,10 @@ def raise_file_limit() -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("HEADWAY_LOG_LEVEL", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     settings = Settings.from_env()
     raise_file_limit()
     url = resolve_redis_url(settings)

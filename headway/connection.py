@@ -37,6 +37,8 @@ def redis_client(url: str) -> redis.Redis:
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=5,
+        socket_timeout=30,  # no command of ours takes long: a hung connection is a dead one
+        **_keepalive(url),
     )
     return redis.Redis(connection_pool=pool)
 
@@ -45,5 +47,10 @@ def subscriber_client(url: str) -> redis.Redis:
     """A client of its own for a long-lived subscription, which holds its connection for
     good: taken from the shared pool, it would shrink what commands have."""
     return redis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5
+        url, decode_responses=True, socket_connect_timeout=5, **_keepalive(url)
     )
+
+
+def _keepalive(url: str) -> dict:
+    """TCP keepalive, so that the kernel notices a peer gone silent (TCP only)."""
+    return {} if url.startswith("unix:") else {"socket_keepalive": True}

@@ -24,6 +24,7 @@ from headway.store import CHANNEL
 
 log = logging.getLogger("headway.hub")
 
+PING_SECONDS = 10.0  # how long the subscription may be quiet before it is checked
 MAX_PENDING = 256  # ids a watcher remembers before it falls back to "re-read everything"
 
 
@@ -139,7 +140,17 @@ class ChangeHub:
             pubsub = self.client.pubsub()
             try:
                 pubsub.subscribe(self.channel)
-                for message in pubsub.listen():
+                heard = time.monotonic()
+                while True:
+                    message = pubsub.get_message(timeout=PING_SECONDS)
+                    if message is None:
+                        # A connection can die without a word (a dropped NAT entry): ask,
+                        # and treat silence after asking as a lost connection.
+                        if time.monotonic() - heard > 2 * PING_SECONDS:
+                            raise redis.ConnectionError("no answer to PING")
+                        pubsub.ping()
+                        continue
+                    heard = time.monotonic()
                     if message["type"] == "subscribe":
                         if self.reconnects:
                             log.info("change hub resubscribed after a lost connection")

@@ -5,12 +5,18 @@
 
   var MAX_SSE_FAILURES = 3; // consecutive errors before polling takes over (transport "auto")
   var POLL_RETRY_MS = 2000;
+  var FIRST_MESSAGE_MS = 8000; // a stream silent this long after the page loaded is stuck
   var NOTICE_MS = 12000; // how long a "job finished" notice stays
   var MAX_NOTICES = 3;
   var FINAL = ["succeeded", "failed", "cancelled", "interrupted"];
   var failures = 0;
 
   function byId(id) { return document.getElementById(id); }
+
+  // "auto": falling back to polling is allowed (HEADWAY_TRANSPORT=sse forbids it).
+  function auto() {
+    return (byId("connection") || { dataset: {} }).dataset.transport !== "sse";
+  }
 
   function setConnection(state, text) {
     var el = byId("connection");
@@ -45,10 +51,34 @@
     }
   }
 
+  // The newest EventSource the SSE extension made, so that one that never opened (and so
+  // never reported) can still be closed.
+  var latestSource = null;
+  var createEventSource = htmx.createEventSource;
+  htmx.createEventSource = function (url) {
+    latestSource = createEventSource(url);
+    return latestSource;
+  };
+
   function giveUpStream(elt, source) {
     if (source) { source.close(); }
     elt.removeAttribute("sse-connect");
     elt.removeAttribute("hx-ext");
+  }
+
+  // A proxy that buffers the stream (or a request that hangs) leaves the page silent though
+  // nothing failed: the server sends the current state at once, so a page that has heard
+  // nothing a while after loading polls instead.
+  function expectFirstMessage() {
+    var live = byId("job-live");
+    if (!live || !live.hasAttribute("sse-connect")) { return; }
+    window.setTimeout(function () {
+      if (!live.dataset.heard && live.hasAttribute("sse-connect") && !jobFinished() && auto()) {
+        giveUpStream(live, latestSource);
+        setConnection("polling", "polling");
+        poll();
+      }
+    }, FIRST_MESSAGE_MS);
   }
 
   document.addEventListener("htmx:sseOpen", function (evt) {
@@ -56,11 +86,14 @@
     if (evt.target.id === "job-live") { setConnection("live", "live"); }
   });
 
+  document.addEventListener("htmx:sseMessage", function (evt) {
+    if (evt.target.id === "job-live") { evt.target.dataset.heard = "1"; }
+  });
+
   document.addEventListener("htmx:sseError", function (evt) {
     var elt = evt.target;
     failures += 1;
-    var auto = (byId("connection") || { dataset: {} }).dataset.transport !== "sse";
-    if (failures < MAX_SSE_FAILURES || !auto) {
+    if (failures < MAX_SSE_FAILURES || !auto()) {
       if (elt.id === "job-live") { setConnection("reconnecting", "reconnecting…"); }
       return;
     }
@@ -135,6 +168,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    expectFirstMessage();
     var box = byId("notices");
     if (box) {
       new MutationObserver(function () { tidyNotices(box); }).observe(box, { childList: true });

@@ -181,6 +181,22 @@ def test_polling_takes_over_when_streams_are_refused(live_servers, page):
     assert download(page) == ("count.txt", "40\n")
 
 
+def test_polling_takes_over_when_the_stream_never_says_anything(live_server, page):
+    """A proxy that buffers the stream, or a request that hangs: no error, just silence."""
+    held = []
+    page.route("**/jobs/*/events", lambda route: held.append(route))  # never answered
+    documents = record_documents(page)
+    start_job_with_form(page, live_server.url, steps=120, delay=0.1)
+
+    snapshots = wait_until_done(page)
+
+    assert held  # the page did ask for its stream
+    assert any(s["conn"] == "polling" and s["status"] == "running" for s in snapshots), snapshots
+    assert_climbs_to_100([s["value"] for s in snapshots])
+    assert len(job_documents(documents)) == 1
+    assert download(page) == ("count.txt", "120\n")
+
+
 def test_without_javascript_the_page_refreshes_itself(live_server, new_context):
     base = live_server.url
     context = new_context(java_script_enabled=False)

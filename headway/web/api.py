@@ -60,7 +60,9 @@ def healthz():
         consumers = client.zcount(CONSUMERS, time.time() - CONSUMER_LIVE_SECONDS, "+inf")
         queued = huey.pending_count()
     except redis.RedisError as exc:
-        return jsonify(status="unavailable", redis=False, error=str(exc)), 503
+        return jsonify(
+            status="unavailable", redis=False, consumers=None, queue_length=None, error=str(exc)
+        ), 503
     return jsonify(
         status="ok" if consumers else "degraded",
         redis=True,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import tempfile
 import zipfile
+from pathlib import Path
 
 from flask import Blueprint, abort, send_file
 
@@ -41,8 +43,9 @@ def download_all(job_id: str):
     job_dir = services().store.job_dir(job.id)
     bundle = job_dir / "all-files.zip"
     if not bundle.exists():
-        partial = job_dir / f".all-files.{os.getpid()}.zip"
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        fd, name = tempfile.mkstemp(dir=job_dir, prefix=".all-files.", suffix=".zip")
+        partial = Path(name)
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as zf:
             for f in job.files:
                 zf.write(job_dir / "output" / f["name"], f["name"])
         os.replace(partial, bundle)

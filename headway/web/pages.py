@@ -15,7 +15,9 @@ def render_progress(job_id: str, *, polling: bool = False) -> str:
     job, items, log_lines = services().store.get_detail(job_id)
     if job is None:
         abort(404)
-    return render_progress_of(reap_if_stale(job), items, log_lines, polling=polling)
+    if reap_if_stale(job) is not job:  # just reaped: read its last words too
+        job, items, log_lines = services().store.get_detail(job_id)
+    return render_progress_of(job, items, log_lines, polling=polling)
 
 
 def render_progress_of(job, items, log_lines, *, polling=False, shared=False) -> str:

@@ -102,7 +102,8 @@ def _render_job(job_id: str, context) -> Callable[[float], Rendered | None]:
             state, items, log_lines = services().store.get_detail(job_id)
             if state is None:  # removed meanwhile
                 return None
-            state = reap_if_stale(state)
+            if reap_if_stale(state) is not state:  # just reaped: read its last words too
+                state, items, log_lines = services().store.get_detail(job_id)
             event = "done" if state.finished else "progress"
             html = render_progress_of(state, items, log_lines, shared=True)
         message = sse(event, html, state.version).encode()
