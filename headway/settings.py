@@ -19,7 +19,8 @@ def _float(name: str, default: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every knob Headway has; `from_env` documents the environment variable of each."""
+    """The settings web and worker share, each from its environment variable (`from_env`);
+    the README lists these and the few read elsewhere (SECRET_KEY, PORT, log level)."""
 
     redis_url: str | None = None
     instance_path: Path = ROOT / "instance"
