@@ -201,3 +201,67 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+# --- browser tests: live servers and headless Chromium (see tests/browser_support.py) --------
+
+
+@pytest.fixture(scope="module")
+def live_servers():
+    """A factory: `live_servers(**env)` is a running gunicorn with that extra environment,
+    all of a module's servers sharing one worker process."""
+    from .browser_support import ServerPool
+
+    pool = ServerPool()
+    try:
+        yield pool.get
+    finally:
+        pool.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    from .browser_support import launch_chromium
+
+    playwright = sync_playwright().start()
+    try:
+        chromium = launch_chromium(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def new_context(browser):
+    """Fresh browser contexts (each with an owner cookie of its own), closed after the test;
+    each records what its job pages show (RECORDER_JS)."""
+    from .browser_support import RECORDER_JS, WAIT_MS
+
+    contexts = []
+
+    def make(**options):
+        context = browser.new_context(**options)
+        context.set_default_timeout(WAIT_MS)
+        context.add_init_script(RECORDER_JS)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def context(new_context):
+    return new_context()
+
+
+@pytest.fixture
+def page(context):
+    return context.new_page()

@@ -14,11 +14,8 @@ import pytest
 from .browser_support import (
     JOB_URL,
     KEEPALIVE_SECONDS,
-    RECORDER_JS,
     WAIT_MS,
-    ServerPool,
     bar_value_in_html,
-    launch_chromium,
     post_job,
     seen,
     start_job_with_form,
@@ -36,16 +33,6 @@ SUCCEEDED = "() => document.querySelector('#job-progress')?.dataset.status === '
 
 
 @pytest.fixture(scope="module")
-def live_servers():
-    """A factory: `live_servers(**env)` is a running server with that extra environment."""
-    pool = ServerPool()
-    try:
-        yield pool.get
-    finally:
-        pool.stop()
-
-
-@pytest.fixture(scope="module")
 def live_server(live_servers):
     """The default configuration (SSE allowed, transport "auto"), with slow keepalives.
 
@@ -54,48 +41,6 @@ def live_server(live_servers):
     through that back door and pass unnoticed.
     """
     return live_servers(HEADWAY_KEEPALIVE_SECONDS=KEEPALIVE_SECONDS)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    try:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
-
-
-@pytest.fixture
-def new_context(browser):
-    """Fresh browser contexts (each with an owner cookie of its own), closed after the test."""
-    contexts = []
-
-    def make(**options):
-        context = browser.new_context(**options)
-        context.set_default_timeout(WAIT_MS)
-        context.add_init_script(RECORDER_JS)
-        contexts.append(context)
-        return context
-
-    yield make
-    for context in contexts:
-        context.close()
-
-
-@pytest.fixture
-def context(new_context):
-    return new_context()
-
-
-@pytest.fixture
-def page(context):
-    return context.new_page()
 
 
 # --- helpers -------------------------------------------------------------------------------

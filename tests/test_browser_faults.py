@@ -20,11 +20,8 @@ import requests
 from .browser_support import (
     JOB_URL,
     KEEPALIVE_SECONDS,
-    RECORDER_JS,
     WAIT_MS,
-    ServerPool,
     job_id_of,
-    launch_chromium,
     seen,
     start_job_with_form,
     status_in_html,
@@ -47,15 +44,6 @@ TOO_MANY_STREAMS = "Too many live streams open (20 at most); close some tabs."
 # --- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live_servers():
-    pool = ServerPool()
-    try:
-        yield pool.get
-    finally:
-        pool.stop()
-
-
 @pytest.fixture
 def live_server(live_servers):
     """Slow keepalives, so that only the stream's own reconnection can bring news (see
@@ -64,35 +52,6 @@ def live_server(live_servers):
     yield server
     if server.process.poll() is not None:
         server.start()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    try:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
-
-
-@pytest.fixture
-def context(browser):
-    context = browser.new_context()
-    context.set_default_timeout(WAIT_MS)
-    context.add_init_script(RECORDER_JS)
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(context):
-    return context.new_page()
 
 
 # --- helpers -------------------------------------------------------------------------------

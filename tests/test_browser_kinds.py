@@ -26,11 +26,8 @@ from jobs.kinds import images
 from .browser_support import (
     JOB_URL,
     KEEPALIVE_SECONDS,
-    RECORDER_JS,
     WAIT_MS,
-    ServerPool,
     job_id_of,
-    launch_chromium,
     seen,
 )
 from .test_kind_spreadsheet import Report
@@ -70,43 +67,17 @@ UPLOAD_RECORDER_JS = """
 
 
 @pytest.fixture(scope="module")
-def live_server():
-    """A live server with slow keepalives (as in test_browser.py) and its own worker."""
-    pool = ServerPool()
-    try:
-        yield pool.get(HEADWAY_KEEPALIVE_SECONDS=KEEPALIVE_SECONDS)
-    finally:
-        pool.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    try:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
+def live_server(live_servers):
+    """A live server with slow keepalives (as in test_browser.py)."""
+    return live_servers(HEADWAY_KEEPALIVE_SECONDS=KEEPALIVE_SECONDS)
 
 
 @pytest.fixture
-def context(browser):
-    context = browser.new_context(accept_downloads=True)
-    context.set_default_timeout(WAIT_MS)
-    context.add_init_script(RECORDER_JS)
+def context(new_context):
+    """A context that accepts downloads and also records the upload bar."""
+    context = new_context(accept_downloads=True)
     context.add_init_script(UPLOAD_RECORDER_JS)
-    yield context
-    context.close()
-
-
-@pytest.fixture
-def page(context):
-    return context.new_page()
+    return context
 
 
 # --- helpers -------------------------------------------------------------------------------
