@@ -272,3 +272,18 @@ def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):
     assert events.next_event()["event"] == "progress"
     done = events.next_event()
     assert done["event"] == "done" and "The job was interrupted." in done["data"]
+
+
+def test_a_job_list_stream_shows_a_dead_workers_job_as_interrupted(store):
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    job_id = new_job(store)  # its worker never beats again
+    events = Events(client.get("/events", buffered=False))
+    first = events.next_event()
+    assert first["event"] == f"job-{job_id}" and "badge-running" in first["data"]
+    row, notice = events.next_event(), events.next_event()
+    assert row["event"] == f"job-{job_id}" and "badge-interrupted" in row["data"]
+    assert notice["event"] == "notice" and "interrupted" in notice["data"]
+    events.close()

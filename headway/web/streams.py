@@ -194,26 +194,33 @@ def owner_events():
             with svc.hub.watch(owner=owner) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 statuses: dict[str, str] = {}
+                sent: dict[str, int] = {}
                 job_ids = [job.id for job in svc.store.list_for_owner(owner)]
+                fresh_since = watcher.changed_at
                 while True:
                     messages = []
                     for job_id in job_ids:
-                        state = svc.renders.get(
-                            "row", job_id, watcher.changed_at, _render_row(job_id, context)
-                        )
-                        if state is not None:
+                        render = _render_row(job_id, context)
+                        state = svc.renders.get("row", job_id, fresh_since, render)
+                        if state is not None and state.version != sent.get(job_id):
+                            sent[job_id] = state.version
                             messages.append(_row_messages(job_id, state, statuses))
                     if messages:
                         yield b"".join(messages)
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return
-                    changed = watcher.wait(min(svc.settings.keepalive_seconds, remaining))
+                    keepalive = svc.settings.keepalive_seconds
+                    changed = watcher.wait(min(keepalive, remaining))
                     lease.renew()
                     if changed is None:
                         yield KEEPALIVE
-                        job_ids = []
+                        # Quiet for a while: look at the running ones again (a worker may
+                        # have died), sharing the look with the owner's other streams.
+                        job_ids = [i for i, st in statuses.items() if st not in FINAL_STATUSES]
+                        fresh_since = time.monotonic() - keepalive / 2
                         continue
+                    fresh_since = watcher.changed_at
                     ids, everything = changed
                     if everything:
                         ids = [job.id for job in svc.store.list_for_owner(owner)]
