@@ -157,6 +157,9 @@ class JobState:
     def finished(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    def owned_by(self, owner: str | None) -> bool:
+        return bool(owner) and secrets.compare_digest(self.owner, owner)
+
     @property
     def elapsed(self) -> float:
         if not self.started_at:
@@ -389,9 +392,7 @@ class JobStore:
     def get_owned(self, job_id: str, owner: str | None) -> JobState | None:
         """The job if `owner` owns it; None for unknown, malformed and foreign ids alike."""
         job = self.get(job_id)
-        if job is None or not owner or not secrets.compare_digest(job.owner, owner):
-            return None
-        return job
+        return job if job is not None and job.owned_by(owner) else None
 
     def get_many(self, job_ids: list[str]) -> list[JobState]:
         pipe = self.client.pipeline(transaction=False)

@@ -30,6 +30,7 @@ from .browser_support import (
     job_id_of,
     seen,
 )
+from .test_kind_images import truncated_jpeg
 from .test_kind_spreadsheet import Report
 
 pytestmark = pytest.mark.browser
@@ -175,13 +176,6 @@ def job_keys(store) -> list[bytes]:
 
 
 # --- input files ---------------------------------------------------------------------------
-
-
-def truncated_jpeg(path: Path) -> Path:
-    buffer = io.BytesIO()
-    Image.effect_noise((300, 300), 60).convert("RGB").save(buffer, "JPEG", quality=90)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from headway.connection import subscriber_client
 from headway.hub import ChangeHub, HubUnavailable
 from headway.limits import LimitExceeded, Limits
 from headway.settings import Settings
-from headway.store import JobState, JobStore
+from headway.store import ItemProgress, JobState, JobStore
 from headway.web.renders import SharedRenders
 
 log = logging.getLogger("headway.web")
@@ -68,6 +68,17 @@ def load_job(job_id: str) -> JobState:
     if job is None:
         abort(404)
     return reap_if_stale(job)
+
+
+def load_job_detail(job_id: str) -> tuple[JobState, list[ItemProgress], list[dict]]:
+    """`load_job` with the job's item bars and log lines, read in the same round trip."""
+    store = services().store
+    job, items, log_lines = store.get_detail(job_id)
+    if job is None or not job.owned_by(current_owner()):
+        abort(404)
+    if reap_if_stale(job) is not job:  # just reaped: read its last words too
+        job, items, log_lines = store.get_detail(job_id)
+    return job, items, log_lines
 
 
 def reap_if_stale(job: JobState) -> JobState:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
-from headway.web import current_owner, is_htmx, load_job, reap_if_stale, services
+from headway.web import (
+    current_owner,
+    is_htmx,
+    load_job,
+    load_job_detail,
+    reap_if_stale,
+    services,
+)
 from jobs import control, kinds
 
 bp = Blueprint("pages", __name__)
 
 
 def render_progress(job_id: str, *, polling: bool = False) -> str:
-    """The job's progress region, the same partial for the page, SSE and polling."""
-    job, items, log_lines = services().store.get_detail(job_id)
-    if job is None:
-        abort(404)
-    if reap_if_stale(job) is not job:  # just reaped: read its last words too
-        job, items, log_lines = services().store.get_detail(job_id)
-    return render_progress_of(job, items, log_lines, polling=polling)
+    """The visitor's job's progress region, the same partial for the page, SSE and polling."""
+    return render_progress_of(*load_job_detail(job_id), polling=polling)
 
 
 def render_progress_of(job, items, log_lines, *, polling=False, shared=False) -> str:
@@ -64,19 +66,17 @@ def job_rows():
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     """The job page, complete from the record (a reload shows the current state), then live."""
-    job = load_job(job_id)
+    detail = load_job_detail(job_id)
+    polling = services().settings.transport == "poll"
     return render_template(
-        "jobs/show.html",
-        job=job,
-        progress=render_progress(job.id, polling=services().settings.transport == "poll"),
+        "jobs/show.html", job=detail[0], progress=render_progress_of(*detail, polling=polling)
     )
 
 
 @bp.get("/jobs/<job_id>/progress")
 def progress(job_id: str):
     """The progress fragment for polling; it stops asking for more once the job ends."""
-    job = load_job(job_id)
-    return render_progress(job.id, polling=True)
+    return render_progress(job_id, polling=True)
 
 
 def _after_action(job_id: str, target_job_id: str | None = None) -> Response:
