@@ -20,7 +20,8 @@
 
   function setConnection(state, text) {
     var el = byId("connection");
-    if (!el) { return; }
+    // Once the job has ended, a late stream or poll error changes nothing on the page.
+    if (!el || (jobFinished() && state !== "finished")) { return; }
     el.dataset.state = state;
     el.querySelector(".connection-text").textContent = text;
   }
