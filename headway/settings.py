@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,8 @@ class Settings:
     running_jobs_per_owner: int = 10
     max_upload_bytes: int = 4 * 1024**3
     workers: int = 2
+    # (kind slug or "" for every kind, limit name) -> value, from HEADWAY_JOB_LIMITS
+    job_limits: tuple[tuple[str, str, float], ...] = ()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -71,8 +74,42 @@ class Settings:
             ),
             max_upload_bytes=_int("HEADWAY_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             workers=_int("HEADWAY_WORKERS", cls.workers),
+            job_limits=parse_job_limits(os.environ.get("HEADWAY_JOB_LIMITS", "")),
         )
         values.update(overrides)
         if values["transport"] not in ("auto", "sse", "poll"):
             raise ValueError("HEADWAY_TRANSPORT must be auto, sse or poll")
         return cls(**values)
+
+
+_SIZES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_TIMES = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+LIMIT_UNITS = {
+    "memory": _SIZES,
+    "output": _SIZES,
+    "cpu": _TIMES,
+    "wall": _TIMES,
+    "open_files": {"": 1},
+}
+_LIMIT = re.compile(
+    r"(?:(?P<kind>[\w-]+)\.)?(?P<name>\w+)=(?P<number>\d+(?:\.\d+)?)(?P<unit>[a-z]*)"
+)
+
+
+def parse_job_limits(text: str) -> tuple[tuple[str, str, float], ...]:
+    """`memory=4G,cpu=2h,spreadsheet.wall=30m` as (kind, limit, value) triples, "" for
+    every kind. Sizes take K, M, G, T (decimal, a trailing B allowed); times s, m, h."""
+    limits = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _LIMIT.fullmatch(part.lower())
+        units = LIMIT_UNITS.get(match["name"], {}) if match else {}
+        unit = match["unit"] if match else ""
+        if units is _SIZES:
+            unit = unit.removesuffix("b")
+        if unit not in units:
+            raise ValueError(
+                f"HEADWAY_JOB_LIMITS: cannot read {part!r}; write e.g. memory=4G, cpu=2h, "
+                "wall=30m, output=20G, open_files=512, or spreadsheet.memory=1G"
+            )
+        limits.append((match["kind"] or "", match["name"], float(match["number"]) * units[unit]))
+    return tuple(limits)

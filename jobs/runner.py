@@ -17,19 +17,19 @@ from huey import signals as S
 from huey.exceptions import CancelExecution
 
 from headway.store import UpdateResult, format_log_line
-from jobs import kinds
-from jobs.kinds import JobContext, JobError
-from jobs.queue import huey, job_store
-from jobs.reporter import JobCancelled, ProgressReporter
+from jobs import kinds, sandbox
+from jobs.kinds import JobError
+from jobs.queue import REDIS_URL, huey, job_store
+from jobs.reporter import JobCancelled
 
 log = logging.getLogger("headway.runner")
 
-FINAL_WRITE_PATIENCE = 600.0  # seconds a final state waits for an unreachable Redis
+FINAL_WRITE_PATIENCE = sandbox.FINAL_WRITE_PATIENCE
 
 
 @huey.task(context=True, name="headway.run_job")
 def run_job(job_id: str, task=None) -> None:
-    """Run one attempt of a job: call its kind's work function with a reporter."""
+    """Run one attempt of a job: its kind's work function, in a process of its own."""
     store = job_store()
     job = store.get(job_id)
     if job is None or job.finished:
@@ -42,37 +42,25 @@ def run_job(job_id: str, task=None) -> None:
     output_dir = job_dir / "output"
     shutil.rmtree(output_dir, ignore_errors=True)  # a retry starts from a clean slate
     output_dir.mkdir(parents=True)
-    reporter = ProgressReporter(
-        store,
-        job_id,
-        kind.stages,
-        attempt=job.attempt,
-        floor=job.progress,
-        rate_unit=kind.rate_unit,
-    )
-    context = JobContext(
+    attempt = sandbox.Attempt(
         job_id=job_id,
+        kind=kind,
         inputs=[job_dir / "input" / name for name in job.inputs],
         params=job.params,
         output_dir=output_dir,
-        reporter=reporter,
+        scratch_dir=job_dir / "scratch",
+        attempt=job.attempt,
+        floor=job.progress,
+        limits=sandbox.limits_for(kind, store.settings),
+        settings=store.settings,
+        redis_url=REDIS_URL,
     )
     try:
-        with reporter:
-            kind.work(context)
-            files = sorted((p for p in output_dir.iterdir() if p.is_file()), key=lambda p: p.name)
-            if not files:
-                raise JobError("The job finished without producing a result file.")
-            # Waits out a Redis outage, so that Huey's own bookkeeping after the task, and
-            # the `complete` signal that marks the job succeeded, find Redis back.
-            reporter.flush_final(
-                FINAL_WRITE_PATIENCE,
-                files=[{"name": p.name, "size": p.stat().st_size} for p in files],
-            )
+        sandbox.run(attempt, store)
     except JobCancelled:
         shutil.rmtree(output_dir, ignore_errors=True)  # nothing to download: free the space
         raise CancelExecution(retry=False) from None
-    except Exception:
+    except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
 
@@ -137,8 +125,10 @@ def on_error(signal, task, exc=None, *args) -> None:
     if not _is_job(task):
         return
     if isinstance(exc, JobError):
-        task.retries = 0  # the person's input or the kind's verdict: retrying cannot help
+        task.retries = 0  # the person's input, a limit, the kind's verdict: retrying won't help
         message = str(exc)
+    elif isinstance(exc, sandbox.JobCrashed):
+        message = f"Unexpected error: {exc}"
     else:
         message = f"Unexpected error: {type(exc).__name__}: {exc}"
     if task.retries:

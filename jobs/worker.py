@@ -15,7 +15,10 @@ import time
 import redis
 
 from headway.store import CONSUMERS
-from jobs import runner  # noqa: F401  (registers the task, signals and periodic sweep)
+from jobs import (
+    runner,  # noqa: F401  (registers the task, signals and periodic sweep)
+    sandbox,
+)
 from jobs.queue import huey, job_store, settings
 
 log = logging.getLogger("headway.worker")
@@ -52,6 +55,7 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     start_heartbeat()
+    sandbox.warm_up()
     consumer = huey.create_consumer(workers=settings.workers, worker_type="thread")
     log.info("worker %s: %d threads", consumer_name(), settings.workers)
     consumer.run()

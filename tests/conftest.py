@@ -134,9 +134,10 @@ def store():
 @contextlib.contextmanager
 def running_consumer(workers: int = 2):
     """A real Huey consumer running in this process, stopped gracefully on exit."""
-    from jobs import runner  # noqa: F401  (registers the task and its signals)
+    from jobs import runner, sandbox  # noqa: F401  (registers the task and its signals)
     from jobs.queue import huey
 
+    sandbox.warm_up()  # from this (main) thread, so the fork server outlives the consumer
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     c = huey.create_consumer(
         workers=workers, worker_type="thread", periodic=False, initial_delay=0.02, max_delay=0.2

@@ -41,6 +41,20 @@ class JobContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class JobLimits:
+    """What one attempt of a job may use; crossing a limit fails the job (jobs.sandbox).
+
+    Sizes are in bytes, times in seconds. `HEADWAY_JOB_LIMITS` overrides them (README).
+    """
+
+    memory: int = 2 * 10**9  # address space of the job's process
+    cpu: float = 2 * 3600  # CPU time
+    wall: float = 4 * 3600  # time from start to end
+    output: int = 8 * 10**9  # results and temporary files together (and any one file)
+    open_files: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
 class JobKind:
     """Everything Headway needs to know about one kind of job."""
 
@@ -60,6 +74,7 @@ class JobKind:
     rate_unit: str = "items"
     retries: int = 0
     retry_delay: float = 2.0
+    limits: JobLimits = JobLimits()
 
 
 @functools.cache
