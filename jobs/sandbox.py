@@ -216,7 +216,10 @@ def _judge_exit(code: int | None) -> tuple:
             return ("cpu",)
         if number == signal.SIGXFSZ:
             return ("output",)
-        name = signal.Signals(number).name if number in signal.Signals else str(number)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
         if number == signal.SIGKILL:
             return (
                 "crash",

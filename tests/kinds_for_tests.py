@@ -7,7 +7,7 @@ import time
 import wtforms
 from wtforms import validators
 
-from jobs.kinds import JobContext, JobError, JobKind
+from jobs.kinds import JobContext, JobError, JobKind, JobLimits
 
 
 class StepOptions(wtforms.Form):
@@ -124,3 +124,96 @@ KINDS.append(
         options=StepOptions,
     )
 )
+
+
+# -- kinds that misbehave, each under limits small enough to cross quickly (tests/test_sandbox.py)
+
+
+def hog_memory(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=1)
+    hoard = []
+    while True:
+        hoard.append(bytearray(10 * 1024 * 1024))
+
+
+def spin(ctx: JobContext) -> None:
+    """Busy in one long computation that never reports (nor checks for a cancel)."""
+    ctx.reporter.stage("Work", total=1)
+    n = 0
+    while True:
+        n += 1
+
+
+def sleep_silently(ctx: JobContext) -> None:
+    """Says nothing for `delay` seconds (as if inside C code), then finishes."""
+    ctx.reporter.stage("Work", total=1)
+    time.sleep(ctx.params["delay"])
+    ctx.output("slept.txt").write_text("done\n")
+    ctx.reporter.advance()
+
+
+def flood(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=1)
+    chunk = b"x" * 1024 * 1024
+    with ctx.output("flood.bin").open("wb") as out:
+        while True:
+            out.write(chunk)
+
+
+def flood_files(ctx: JobContext) -> None:
+    """Many files, each well under the output limit, that add up past it."""
+    ctx.reporter.stage("Work", total=1)
+    chunk = b"x" * 1024 * 1024
+    for n in range(10_000):
+        ctx.output(f"part-{n}.bin").write_bytes(chunk)
+        time.sleep(0.01)
+
+
+def leak_files(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=1)
+    leaked = [ctx.output(f"{n}.txt").open("w") for n in range(100_000)]
+    del leaked
+
+
+def crash(ctx: JobContext) -> None:
+    import os
+    import signal
+
+    ctx.reporter.stage("Work", total=1)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+_limits = JobLimits(memory=400 * 10**6, cpu=2, wall=3, output=5 * 10**6, open_files=64)
+KINDS += [
+    JobKind(
+        slug=slug,
+        title=slug,
+        description=work.__doc__ or slug,
+        work=work,
+        **{**_common, "limits": _limits},
+    )
+    for slug, work in [
+        ("hog", hog_memory),
+        ("flood", flood),
+        ("flood-files", flood_files),
+        ("leak-files", leak_files),
+        ("crash", crash),
+    ]
+]
+KINDS += [
+    JobKind(
+        slug="spin",
+        title="spin",
+        description="Spins.",
+        work=spin,
+        **{**_common, "limits": JobLimits(cpu=2, wall=600)},
+    ),
+    JobKind(slug="spin-forever", title="spin", description="Spins.", work=spin, **_common),
+    JobKind(
+        slug="sleepy",
+        title="sleepy",
+        description="Sleeps.",
+        work=sleep_silently,
+        **{**_common, "limits": JobLimits(wall=3)},
+    ),
+]
