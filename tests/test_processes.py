@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 import requests
@@ -53,7 +55,9 @@ def test_worker_killed_mid_job_ends_interrupted(store, worker_process):
 
 
 def test_healthz_counts_live_consumers(client, worker_process):
-    assert client.get("/healthz").json["consumers"] == 0
+    alone = client.get("/healthz")
+    assert alone.status_code == 200  # the web itself is fine: jobs just wait in the queue
+    assert alone.json == {"status": "degraded", "redis": True, "consumers": 0, "queue_length": 0}
     worker_process()
     health = wait_for(
         lambda: (h := client.get("/healthz")).json["consumers"] >= 1 and h, timeout=20
@@ -152,3 +156,95 @@ def test_second_start_reuses_the_running_embedded_redis(tmp_path: Path):
         holder.stdout.close()
         with redis.Redis(unix_socket_path=str(tmp_path / "redis" / "redis.sock")) as client:
             client.shutdown(nosave=True)
+
+
+def _child(launcher: psutil.Process, marker: str) -> psutil.Process | None:
+    """The launcher's child whose command line holds `marker` (the worker, or gunicorn)."""
+    for child in launcher.children():
+        try:
+            if any(marker in part for part in child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _start_steps(session: requests.Session, base: str, steps: int, delay: float) -> str:
+    """Start a job through the form, as a browser does; returns its id."""
+    form = session.get(f"{base}/jobs/new/steps").text
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', form)[1]
+    answer = session.post(
+        f"{base}/jobs/new/steps",
+        data={"csrf_token": token, "steps": steps, "delay": delay, "fail_at": -1},
+        files=[("files", ("", b"", "application/octet-stream"))],  # no file chosen
+        allow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    return answer.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+
+
+@pytest.mark.timeout(240)
+def test_the_launcher_restarts_what_crashed_and_the_rest_carries_on(tmp_path: Path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HEADWAY_INSTANCE_PATH": str(tmp_path / "instance"),
+        "HEADWAY_HEARTBEAT_TIMEOUT": "2",
+    }
+    output = (tmp_path / "launcher.log").open("w")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "headway"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    parent = psutil.Process(launcher.pid)
+    session = requests.Session()
+
+    def health():
+        try:
+            return session.get(f"{base}/healthz", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def job(job_id):
+        return session.get(f"{base}/api/jobs/{job_id}", timeout=5).json()
+
+    try:
+        wait_for(lambda: (h := health()) and h["consumers"] >= 1, timeout=60, interval=0.2)
+        job_id = _start_steps(session, base, steps=2000, delay=0.05)
+        wait_for(lambda: job(job_id)["done"] >= 3, timeout=30)
+
+        worker = _child(parent, "jobs.worker")
+        worker.kill()  # SIGKILL: as the kernel's OOM killer would
+        worker.wait(10)
+        # The web answers all along; the job's heartbeat stops, so it ends interrupted.
+        ended = wait_for(lambda: (j := job(job_id))["status"] != "running" and j, timeout=30)
+        assert ended["status"] == "interrupted"
+        assert health()["redis"] is True
+
+        restarted = wait_for(lambda: (w := _child(parent, "jobs.worker")) and w, timeout=30)
+        assert restarted.pid != worker.pid
+        next_id = _start_steps(session, base, steps=3, delay=0)
+        final = wait_for(lambda: (j := job(next_id))["status"] == "succeeded" and j, timeout=60)
+        assert final["files"][0]["name"] == "count.txt"
+
+        web = _child(parent, "gunicorn")
+        web.kill()
+        web.wait(10)
+        wait_for(lambda: (w := _child(parent, "gunicorn")) and w.pid != web.pid, timeout=30)
+        assert wait_for(lambda: (h := health()) and h["status"] == "ok" and h, timeout=60)
+        assert job(next_id)["status"] == "succeeded"  # the same owner, the same jobs
+    finally:
+        os.kill(launcher.pid, signal.SIGINT)  # Ctrl-C stops everything
+        launcher.wait(60)
+        output.close()
+    log = (tmp_path / "launcher.log").read_text()
+    assert log.count(f"worker (pid {worker.pid}) was killed by SIGKILL") == 1, log
+    assert log.count(f"web (pid {web.pid}) was killed by SIGKILL") == 1, log
+    assert "Headway stopped" in log
+    assert not [p for p in (worker, restarted, web) if p.is_running() and p.status() != "zombie"]
