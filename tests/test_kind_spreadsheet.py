@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import json
@@ -10,12 +11,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import openpyxl
+import psutil
 import pytest
 from PIL import Image
 
 from jobs.kinds import spreadsheet
 
-from .kind_helpers import log_messages, result_names, run_files
+from . import hostile_files
+from .conftest import wait_for
+from .kind_helpers import log_messages, result_names, run_files, submit_files
 
 # cp1252, ";" with decimal commas, a quoted line break (lines 2-3), two broken rows
 # (lines 5 and 8), a blank line (7), a harmless trailing delimiter (9), a formula-like value.
@@ -340,7 +344,7 @@ def test_a_file_that_is_no_table_is_skipped(store, consumer, tables, tmp_path):
 
     job, _ = run_files(store, "spreadsheet", [fake])
     assert job.status == "failed"
-    assert job.error == "None of the 1 files could be read as a table."
+    assert job.error == "“fake.csv” is not a table (CSV or XLSX)."
 
 
 # -- writers -----------------------------------------------------------------------------------
@@ -368,3 +372,118 @@ def test_xlsx_output_moves_to_a_new_sheet_when_one_is_full(tmp_path, monkeypatch
     assert [row[0] for row in sheets["Data 3"]] == ["n", 4]
     assert sheets["Data"][1][1] == "bell"  # a control character Excel refuses, dropped
     assert len(sheets["Data"][2][1]) == 32_767
+
+
+# -- guards against hostile tables --------------------------------------------------------------
+
+
+def test_check_file_refuses_workbooks_that_would_be_costly_to_open(tmp_path):
+    many = hostile_files.many_entries_zip(tmp_path / "many.xlsx", entries=30_000)
+    same = hostile_files.shared_strings_bomb(tmp_path / "same.xlsx")
+    distinct = hostile_files.shared_strings_bomb(
+        tmp_path / "distinct.xlsx", entries=2_000_001, distinct=True
+    )
+    assert spreadsheet.check_file(many) == (
+        "is a zip of more than 10,000 files, too many for a workbook"
+    )
+    assert spreadsheet.check_file(same) == (
+        "holds xl/sharedStrings.xml compressed 412 to 1, far beyond what a workbook needs: "
+        "it looks like a decompression bomb"
+    )
+    assert spreadsheet.check_file(distinct) == (
+        "has more than 2,000,000 shared strings, more than can be read"
+    )
+    # Just under the limits, the same shapes are workbooks like any other.
+    fine = hostile_files.shared_strings_bomb(tmp_path / "fine.xlsx", 20_000, distinct=True)
+    assert spreadsheet.check_file(fine) is None
+
+
+def test_a_quadratic_csv_is_detected_from_a_bounded_sample(tmp_path):
+    path = hostile_files.quadratic_csv(tmp_path / "q.csv", repeats=200_000)
+    assert len(spreadsheet.decode_sample(path.read_bytes()[:65536], "utf-8")) > 4 * 4096
+    assert spreadsheet.check_file(path) is None  # a (strange) table, read in bounded time
+
+
+@pytest.mark.timeout(180)
+def test_bombs_fail_alone_within_their_limits(store, worker_process, tmp_path):
+    """Submitted past the web's checks (as a kind's check could miss them), the shared
+    strings bomb and the wide sheet each fail with a plain message; the worker stays small,
+    and a job submitted at the same time succeeds."""
+    worker = psutil.Process(worker_process().pid)
+    bomb = hostile_files.shared_strings_bomb(tmp_path / "bomb.xlsx")
+    wide = hostile_files.wide_sheet(tmp_path / "wide.xlsx")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a,b\n1,2\n")
+    ids = [submit_files(store, "spreadsheet", [path]) for path in (bomb, wide, plain)]
+    largest = 0
+
+    def finished():
+        nonlocal largest
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree = [worker, *worker.children(recursive=True)]
+            largest = max(largest, sum(p.memory_info().rss for p in tree))
+        jobs = [store.get(job_id) for job_id in ids]
+        return all(job.finished for job in jobs) and jobs
+
+    bomb_job, wide_job, plain_job = wait_for(finished, timeout=150, interval=0.1)
+    assert bomb_job.status == "failed"
+    assert bomb_job.error == (
+        "“bomb.xlsx” holds xl/sharedStrings.xml compressed 412 to 1, far beyond what a "
+        "workbook needs: it looks like a decompression bomb."
+    )
+    assert wide_job.status == "failed"
+    assert wide_job.error == (
+        "“wide.xlsx” has a value in column 16,384 (XFD) of row 1; at most 1,000 columns are read."
+    )
+    assert plain_job.status == "succeeded", plain_job.error
+    assert largest < 600 * 10**6, f"the worker's processes reached {largest / 1e6:.0f} MB"
+
+
+def test_a_cell_of_thousands_of_digits_stays_text(store, consumer, tmp_path):
+    digits = "7" * 4301
+    path = tmp_path / "long.csv"
+    path.write_text(f"id,code\n1,{digits}\n2,42\n")
+    job, output = run_files(store, "spreadsheet", [path], output_format="csv")
+    assert job.status == "succeeded", job.error
+    with (output / "long.csv").open(newline="") as f:
+        assert list(csv.reader(f))[1] == ["1", digits]
+    assert Report(output / "long.report.html").columns["code"]["Type"] == "text"
+
+
+def test_formulas_come_out_inert_in_csv(store, consumer, tmp_path):
+    source = hostile_files.formula_table(tmp_path / "formulas.csv", "csv")
+    job, output = run_files(store, "spreadsheet", [source], output_format="csv")
+    assert job.status == "succeeded", job.error
+    with (output / "formulas.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert [row[1] for row in rows[1:]] == [
+        '\'=HYPERLINK("http://example.com","x")',
+        "'+cmd|' /C calc'!A0",
+        "'@SUM(1+1)*cmd|' /C calc'!A0",
+        "'\t=1+1",
+        "'-2+3+cmd|' /C calc'!A0",
+    ]
+    assert [row[2] for row in rows[1:]] == ["-5", "+44", "3", "-1.5", "7"]  # numbers stay
+
+    _, output = run_files(store, "spreadsheet", [source], output_format="csv", keep_numbers=False)
+    with (output / "formulas.csv").open(newline="") as f:
+        assert [row[2] for row in list(csv.reader(f))[1:]] == ["'-5", "'+44", "3", "'-1.5", "7"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "xlsx"])
+def test_formulas_come_out_inert_in_xlsx(store, consumer, tmp_path, suffix):
+    source = hostile_files.formula_table(tmp_path / f"formulas.{suffix}", suffix)
+    job, output = run_files(store, "spreadsheet", [source], output_format="xlsx")
+    assert job.status == "succeeded", job.error
+    book = openpyxl.load_workbook(output / "formulas.xlsx")
+    cells = list(book.worksheets[0]["B"])[1:]
+    assert [c.value for c in cells] == [
+        '=HYPERLINK("http://example.com","x")',
+        "+cmd|' /C calc'!A0",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "\t=1+1",
+        "-2+3+cmd|' /C calc'!A0",
+    ]
+    assert all(c.data_type == "s" and c.quotePrefix for c in cells)  # text, never a formula
+    if suffix == "csv":  # typed from text: numbers are numbers
+        assert [c.value for c in list(book.worksheets[0]["C"])[1:]] == [-5, 44, 3, -1.5, 7]

@@ -26,6 +26,9 @@ FLOAT = re.compile(r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]
 DECIMAL_COMMA = re.compile(r"[+-]?(?:0|[1-9][0-9]*),[0-9]+")
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 EXACT_DIGITS = 15  # longer integers lose digits as spreadsheet or JSON numbers
+# Longer "numbers" stay text: Python refuses integers of over 4,300 digits (and converts
+# long ones in quadratic time), and no spreadsheet holds such numbers anyway.
+MAX_NUMBER_CHARS = 100
 
 TRACKED_VALUES = 200_000  # distinct values remembered across all columns of a table
 TOP_VALUES = 5
@@ -41,7 +44,7 @@ def classify(text: str, decimal_comma: bool = False) -> tuple[str, Any]:
     value = text.strip()
     if not value:
         return "missing", None
-    if value[0] in "0123456789+-.":
+    if value[0] in "0123456789+-." and len(value) <= MAX_NUMBER_CHARS:
         if INTEGER.fullmatch(value):
             return "integer", int(value)
         if FLOAT.fullmatch(value):

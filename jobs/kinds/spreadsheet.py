@@ -18,9 +18,13 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import functools
 import io
 import json
+import re
+import struct
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePath
@@ -31,10 +35,13 @@ import openpyxl
 import wtforms
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
+from openpyxl.utils import get_column_letter
 
 from jobs.kinds import JobContext, JobError, JobKind
 from jobs.kinds._common import UniqueNames, read_options
 from jobs.kinds._profile import (
+    DECIMAL_COMMA,
+    FLOAT,
     TableProfile,
     classify,
     classify_value,
@@ -46,8 +53,18 @@ from jobs.reporter import JobCancelled
 NOT_A_TABLE = "is not a table (CSV or XLSX)"
 DELIMITERS = ",;\t|"
 SAMPLE_BYTES = 64 * 1024  # read from the start (and a few places further in) to detect
-SNIFF_CHARS = 20_000  # of the sample, for the delimiter (csv.Sniffer is slow on more)
+SNIFF_CHARS = 4096  # of the sample, for the delimiter: csv.Sniffer is quadratic in it
 READ_BUFFER = 1024 * 1024
+MAX_COLUMNS = 1000
+
+# What a workbook may be before openpyxl opens it: openpyxl reads the zip's whole table of
+# contents and the whole shared strings table into memory, even in read-only mode.
+XLSX_MAX_TOC_BYTES = 2 * 1024**2  # the zip's central directory (about 20,000 members)
+XLSX_MAX_MEMBERS = 10_000
+XLSX_MAX_EXPANDED = 4 * 10**9  # all members uncompressed
+XLSX_MAX_RATIO = 200  # uncompressed to compressed, for members over a megabyte
+XLSX_MAX_SHARED_STRINGS = 2_000_000
+SHARED_STRING = re.compile(rb"<(?:\w+:)?si[\s/>]")
 
 MAX_FIELD_CHARS = 10 * 1024 * 1024
 MAX_LINE_CHARS = MAX_FIELD_CHARS
@@ -77,6 +94,10 @@ BOMS = (
 PREFERRED_ENCODING = "cp1252"
 CHAOS_MARGIN = 0.05
 
+# OWASP's rule against formula ("CSV") injection: cells that start with these run as
+# formulas in a spreadsheet program, unless marked as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
 XLSX_MAX_ROWS = 1_048_576
 XLSX_MAX_CHARS = 32_767
 
@@ -90,6 +111,13 @@ class SpreadsheetOptions(wtforms.Form):
             wtforms.SelectChoice("csv", "CSV (UTF-8)"),
             wtforms.SelectChoice("jsonl", "JSON Lines"),
         ],
+    )
+    keep_numbers = wtforms.BooleanField(
+        "Leave signed numbers such as -5 as they are",
+        default=True,
+        description="Text that a spreadsheet program would run as a formula (starting with "
+        "=, +, -, @, a tab or a line break) gets a leading ' in CSV output and is stored as "
+        "plain text in XLSX. Numbers cannot run; untick this to mark them too.",
     )
 
 
@@ -117,9 +145,8 @@ def detect(path: Path) -> CsvFormat | None:
     if not head:
         raise NotATable("is empty")
     if head.startswith(b"PK\x03\x04"):
-        if is_xlsx(path):
-            return None
-        raise NotATable("is a zip archive, not an XLSX workbook")
+        check_workbook(path)
+        return None
     if head.startswith(b"\xd0\xcf\x11\xe0"):
         raise NotATable(
             "is an old Excel (.xls) file or a password-protected workbook: save it as XLSX or CSV"
@@ -131,12 +158,75 @@ def detect(path: Path) -> CsvFormat | None:
     return CsvFormat(encoding, detect_delimiter(text))
 
 
-def is_xlsx(path: Path) -> bool:
+def check_workbook(path: Path) -> None:
+    """Raise NotATable unless the zip is an XLSX workbook that is safe to open: a bounded
+    table of contents, members that expand within reason, a bounded shared strings table."""
+    toc = zip_toc_bytes(path)
+    if toc is None:
+        raise NotATable("is a damaged zip archive")
+    if toc > XLSX_MAX_TOC_BYTES or toc // 46 > XLSX_MAX_MEMBERS:  # 46: the smallest entry
+        raise NotATable(
+            f"is a zip of more than {XLSX_MAX_MEMBERS:,} files, too many for a workbook"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
-            return "xl/workbook.xml" in archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
+            members = archive.infolist()
+            if len(members) > XLSX_MAX_MEMBERS:
+                raise NotATable(
+                    f"is a zip of {len(members):,} files, too many for a workbook "
+                    f"(at most {XLSX_MAX_MEMBERS:,})"
+                )
+            if "xl/workbook.xml" not in {m.filename for m in members}:
+                raise NotATable("is a zip archive, not an XLSX workbook")
+            if sum(m.file_size for m in members) > XLSX_MAX_EXPANDED:
+                raise NotATable(
+                    f"would expand to more than {XLSX_MAX_EXPANDED // 10**9} GB when opened"
+                )
+            for member in members:
+                ratio = member.file_size / max(member.compress_size, 1)
+                if member.file_size > 10**6 and ratio > XLSX_MAX_RATIO:
+                    raise NotATable(
+                        f"holds {member.filename} compressed {ratio:,.0f} to 1, far beyond "
+                        "what a workbook needs: it looks like a decompression bomb"
+                    )
+            strings = next((m for m in members if m.filename == "xl/sharedStrings.xml"), None)
+            if strings is not None and count_shared_strings(archive, strings) > (
+                XLSX_MAX_SHARED_STRINGS
+            ):
+                raise NotATable(
+                    f"has more than {XLSX_MAX_SHARED_STRINGS:,} shared strings, "
+                    "more than can be read"
+                )
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise NotATable(f"is a damaged zip archive ({exc})") from None
+
+
+def zip_toc_bytes(path: Path) -> int | None:
+    """The size of a zip's central directory, from its end record (None if there is none):
+    known before anything parses the directory itself."""
+    with path.open("rb") as file:
+        size = file.seek(0, io.SEEK_END)
+        file.seek(max(0, size - 65_557))  # the end record, and the longest comment
+        tail = file.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    toc = struct.unpack_from("<I", tail, at + 12)[0]
+    return size if toc == 0xFFFFFFFF else toc  # zip64: judged by the whole file instead
+
+
+def count_shared_strings(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
+    """Count the entries of the shared strings table as it streams out, never holding it."""
+    count, carry = 0, b""
+    with archive.open(member) as stream:
+        while chunk := stream.read(READ_BUFFER):
+            data = carry + chunk
+            count += len(SHARED_STRING.findall(data))
+            carry = data[-8:]
+            count -= len(SHARED_STRING.findall(carry))  # counted again with the next chunk
+            if count > XLSX_MAX_SHARED_STRINGS:
+                break
+    return count + len(SHARED_STRING.findall(carry))
 
 
 def detect_encoding(path: Path, head: bytes) -> str:
@@ -341,6 +431,8 @@ def read_csv(path: Path, fmt: CsvFormat, profile: TableProfile, writer, progress
                 continue
             problem = damage(row, fmt.encoding)
             if header is None:
+                if len(row) > MAX_COLUMNS:
+                    raise NotATable(f"has {len(row):,} columns; at most {MAX_COLUMNS:,} are read")
                 header = row
                 writer.start(header, profile.set_header([_clean(name) for name in header]))
                 if problem:
@@ -409,11 +501,20 @@ def read_xlsx(path: Path, profile: TableProfile, writer, progress: Progress) -> 
                 + ", ".join(f"“{name}”" for name in others)
             )
         expected_rows = max(sheet.max_row or 1, 1)
+        # Each row as wide as its own last cell, not as the sheet's stated width: one cell
+        # in column XFD would otherwise make every row 16,384 cells long.
+        sheet.reset_dimensions()
         header: list | None = None
         for number, cells in enumerate(sheet.iter_rows(values_only=True), 1):
             if number % 512 == 0:
                 progress(int(size * min(number / expected_rows, 1.0)))
             row = list(cells)
+            if len(row) > MAX_COLUMNS:
+                beyond = row[MAX_COLUMNS:]
+                if beyond.count(None) != len(beyond):
+                    last = len(row) - next(i for i, v in enumerate(reversed(row)) if v is not None)
+                    raise NotATable(too_wide(last, f"row {number:,}"))
+                del row[MAX_COLUMNS:]
             while row and row[-1] is None:
                 row.pop()
             if not row:
@@ -439,6 +540,13 @@ def read_xlsx(path: Path, profile: TableProfile, writer, progress: Progress) -> 
     progress(size)
 
 
+def too_wide(column: int, where: str) -> str:
+    return (
+        f"has a value in column {column:,} ({get_column_letter(column)}) of {where}; "
+        f"at most {MAX_COLUMNS:,} columns are read"
+    )
+
+
 def _as_text(value: Any) -> str:
     """A cell value as CSV would hold it."""
     if value is None:
@@ -455,20 +563,34 @@ def _as_text(value: Any) -> str:
 # -- writing --------------------------------------------------------------------------------
 
 
+def runs_as_formula(text: str, keep_numbers: bool = True) -> bool:
+    """Whether a spreadsheet program would run this text as a formula (a number, however
+    signed, cannot run, and is left alone unless `keep_numbers` is off)."""
+    if not text.startswith(FORMULA_STARTS):
+        return False
+    return not (keep_numbers and (FLOAT.fullmatch(text) or DECIMAL_COMMA.fullmatch(text)))
+
+
 class CsvWriter:
-    """UTF-8, comma-separated, the fields exactly as read."""
+    """UTF-8, comma-separated, the fields as read; a field that would run as a formula in a
+    spreadsheet program gets a leading ' (OWASP), which such programs read as "text"."""
 
     typed = False  # writes the texts, so needs no typed values
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_numbers: bool = True):
         self.file = path.open("w", encoding="utf-8", newline="")
         self.csv = csv.writer(self.file)
+        self.keep_numbers = keep_numbers
+
+    def _inert(self, texts: list[str]) -> list[str]:
+        keep = self.keep_numbers
+        return [f"'{text}" if runs_as_formula(text, keep) else text for text in texts]
 
     def start(self, header: list[str], names: list[str]) -> None:
-        self.csv.writerow(header)
+        self.csv.writerow(self._inert(header))
 
     def write(self, texts: list[str], values: list) -> None:
-        self.csv.writerow(texts)
+        self.csv.writerow(self._inert(texts))
 
     def close(self) -> list[str]:
         self.file.close()
@@ -483,7 +605,7 @@ class JsonlWriter:
 
     typed = True
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_numbers: bool = True):  # JSON runs nothing
         self.file = path.open("w", encoding="utf-8")
         self.names: list[str] = []
 
@@ -511,7 +633,7 @@ class XlsxWriter:
 
     typed = True
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_numbers: bool = True):  # numbers are typed here
         self.path = path
         self.workbook = openpyxl.Workbook(write_only=True)
         self.header: list[str] = []
@@ -543,10 +665,12 @@ class XlsxWriter:
         if len(value) > XLSX_MAX_CHARS:
             self.cut_cells += 1
             value = value[:XLSX_MAX_CHARS]
-        if value.startswith("=") or value in ERROR_CODES:
-            # Text from a file must never become a live formula (or an error) in Excel.
+        if runs_as_formula(value) or value in ERROR_CODES:
+            # Text from a file must never become a live formula (or an error) in Excel: a
+            # text cell, with the "quote prefix" that keeps it text when someone edits it.
             cell = WriteOnlyCell(self.sheet, value)
             cell.data_type = "s"
+            cell.quotePrefix = True
             return cell
         return value
 
@@ -587,6 +711,7 @@ def profile_tables(ctx: JobContext) -> None:
     # Both stages count bytes (the kind's rate unit): here, those of the files checked.
     reporter.stage("Detecting formats", total=sum(path.stat().st_size for path in ctx.inputs))
     tables: list[tuple[int, Path, CsvFormat | None]] = []
+    refusals: list[tuple[str, str]] = []  # (file name, why it could not be read)
     for index, path in enumerate(ctx.inputs):
         reporter.check()
         try:
@@ -594,10 +719,10 @@ def profile_tables(ctx: JobContext) -> None:
             reporter.item(index, path.name, 0, "pending")
             reporter.advance(path.stat().st_size, current=path.name)
         except NotATable as exc:
+            refusals.append((path.name, str(exc)))
             reporter.log(f"{path.name}: skipped, it {exc}", "warning")
             reporter.item(index, path.name, 100, "failed")
             reporter.advance(path.stat().st_size, failed=1, current=path.name)
-    failed = len(ctx.inputs) - len(tables)
 
     reporter.stage("Converting", total=sum(path.stat().st_size for _, path, _ in tables))
     for index, path, fmt in tables:
@@ -605,14 +730,15 @@ def profile_tables(ctx: JobContext) -> None:
         outputs = [ctx.output(f"{stem}.{extension}"), ctx.output(f"{stem}.report.html")]
         progress = file_progress(ctx, index, path)
         try:
-            profile = convert_one(path, fmt, outputs, WRITERS[extension], progress)
+            writer = functools.partial(WRITERS[extension], keep_numbers=options["keep_numbers"])
+            profile = convert_one(path, fmt, outputs, writer, progress)
         except JobCancelled:
             raise
         except Exception as exc:  # one unreadable workbook must not stop the other files
-            failed += 1
+            refusals.append((path.name, why_unreadable(exc)))
             for output in outputs:
                 output.unlink(missing_ok=True)
-            reporter.log(f"{path.name}: could not be read ({type(exc).__name__}: {exc})", "warning")
+            reporter.log(f"{path.name}: {refusals[-1][1]}", "warning")
             reporter.item(index, path.name, 100, "failed")
             progress(path.stat().st_size)  # its bytes are dealt with, if not converted
             reporter.advance(0, failed=1)
@@ -623,8 +749,19 @@ def profile_tables(ctx: JobContext) -> None:
             f"{profile.malformed:,} malformed",
             "warning" if profile.malformed else "info",
         )
-    if failed == len(ctx.inputs):
+    if len(refusals) == 1 == len(ctx.inputs):
+        name, reason = refusals[0]
+        raise JobError(f"“{name}” {reason}.")
+    if len(refusals) == len(ctx.inputs):
         raise JobError(f"None of the {len(ctx.inputs)} files could be read as a table.")
+
+
+def why_unreadable(exc: Exception) -> str:
+    if isinstance(exc, NotATable):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "needs more memory than a job may use"
+    return f"could not be read ({type(exc).__name__}: {exc})"
 
 
 def file_progress(ctx: JobContext, index: int, path: Path) -> Progress:
