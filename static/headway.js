@@ -1,21 +1,20 @@
-/* Headway's page behaviour: connection indicator, fallback to polling, tab title, upload bar.
-   Plain JavaScript on top of htmx and its SSE extension; no build step. */
+/* Headway's page behaviour: the live connection shared by all tabs (the hub is in
+   headway-live.js), the connection indicator, fallback to polling, tab title, upload bar.
+   Plain JavaScript on top of htmx; no build step. */
 (function () {
   "use strict";
 
-  var MAX_SSE_FAILURES = 3; // consecutive errors before polling takes over (transport "auto")
   var POLL_RETRY_MS = 2000;
   var FIRST_MESSAGE_MS = 8000; // a stream silent this long after the page loaded is stuck
   var NOTICE_MS = 12000; // how long a "job finished" notice stays
   var MAX_NOTICES = 3;
   var FINAL = ["succeeded", "failed", "cancelled", "interrupted"];
-  var failures = 0;
 
   function byId(id) { return document.getElementById(id); }
 
   // "auto": falling back to polling is allowed (HEADWAY_TRANSPORT=sse forbids it).
   function auto() {
-    return (byId("connection") || { dataset: {} }).dataset.transport !== "sse";
+    return (byId("live-root") || { dataset: {} }).dataset.transport !== "sse";
   }
 
   function setConnection(state, text) {
@@ -52,60 +51,131 @@
     }
   }
 
-  // The newest EventSource the SSE extension made, so that one that never opened (and so
-  // never reported) can still be closed.
-  var latestSource = null;
-  var createEventSource = htmx.createEventSource;
-  htmx.createEventSource = function (url) {
-    latestSource = createEventSource(url);
-    return latestSource;
-  };
+  // -- the live connection, one per browser, shared by its tabs (static/headway-live.js) --
+  var HELLO_MS = 15000; // tabs tell the hub what they show this often (and on every change)
+  var tabId = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  var link = null; // {send(message)}: to the hub, wherever it runs
+  var liveState = "connecting";
 
-  function giveUpStream(elt, source) {
-    if (source) { source.close(); }
-    elt.removeAttribute("sse-connect");
-    elt.removeAttribute("hx-ext");
+  // What this tab shows: its job while it runs (with the version on screen) and, on the
+  // other pages, the job list's rows and "job finished" notices; nothing while hidden.
+  function interest() {
+    var root = byId("live-root"), jobs = {}, progress = byId("job-progress");
+    var live = byId("job-live");
+    if (progress && live && live.dataset.live === "1" && !jobFinished()) {
+      jobs[progress.dataset.job] = Number(progress.dataset.version);
+    }
+    return {
+      type: "hello", tab: tabId, url: root.dataset.liveUrl, jobs: jobs,
+      rows: root.dataset.rows === "1", visible: document.visibilityState !== "hidden",
+    };
+  }
+
+  function say() { if (link) { link.send(interest()); } }
+
+  function hubLink(hub) {
+    return {
+      send: function (m) {
+        if (m.type === "bye") { hub.bye(m.tab); } else { hub.hello(m.tab, receive, m); }
+      },
+    };
+  }
+
+  // Without SharedWorker (Chrome on Android): the tab holding a Web Lock runs the hub and
+  // relays over a BroadcastChannel; when it goes, the next tab gets the lock at once.
+  function leaderLink() {
+    var channel = new BroadcastChannel("headway-live");
+    var hub = null;
+    channel.onmessage = function (e) {
+      var m = e.data;
+      if (m.to !== undefined) { if (m.to === tabId) { receive(m); } return; }
+      if (m.type === "leader") { say(); return; } // a new leader: tell it what I show
+      if (hub) { hubLink(hub).send(m); }
+    };
+    navigator.locks.request("headway-live-leader", function () {
+      hub = new HeadwayHub(byId("live-root").dataset.liveUrl);
+      var relay = hub.hello;
+      hub.hello = function (tab, send, m) { // others' messages go back over the channel
+        var out = tab === tabId ? receive : function (msg) {
+          channel.postMessage(Object.assign({ to: tab }, msg));
+        };
+        relay.call(hub, tab, out, m);
+      };
+      say();
+      channel.postMessage({ type: "leader" });
+      return new Promise(function () {}); // held for as long as this tab lives
+    });
+    return {
+      send: function (m) { if (hub) { hubLink(hub).send(m); } else { channel.postMessage(m); } },
+    };
+  }
+
+  function connectLive() {
+    var root = byId("live-root");
+    if (!root || root.dataset.liveUrl === undefined) { return; } // polling only, by setting
+    if (window.SharedWorker) {
+      try {
+        var worker = new SharedWorker(root.dataset.workerUrl, { name: "headway-live" });
+        worker.port.onmessage = function (e) { receive(e.data); };
+        worker.port.start();
+        link = { send: function (m) { worker.port.postMessage(m); } };
+      } catch (e) {
+        link = null;
+      }
+    }
+    if (!link && window.BroadcastChannel && navigator.locks) { link = leaderLink(); }
+    if (!link) { link = hubLink(new HeadwayHub(root.dataset.liveUrl)); }
+    say();
+    window.setInterval(say, HELLO_MS);
+    document.addEventListener("visibilitychange", say);
+    window.addEventListener("pagehide", function () { link.send({ type: "bye", tab: tabId }); });
+    expectLive();
+  }
+
+  function receive(m) {
+    if (m.type === "state") {
+      showLiveState(m.state);
+    } else if (m.type === "job") {
+      var progress = byId("job-progress");
+      if (progress && progress.dataset.job === m.job &&
+          (m.final || m.version > Number(progress.dataset.version))) {
+        htmx.swap(progress, m.html, { swapStyle: "outerHTML" });
+        refreshTitle();
+        if (m.final) { setConnection("finished", "finished"); say(); }
+      }
+    } else if (m.type === "row") {
+      var row = byId("job-row-" + m.job);
+      if (row) { htmx.swap(row, m.html, { swapStyle: "outerHTML" }); }
+    } else if (m.type === "notice") {
+      var box = byId("notices");
+      if (box) { htmx.swap(box, m.html, { swapStyle: "afterbegin" }); }
+    }
+  }
+
+  function showLiveState(state) {
+    liveState = state;
+    if (state === "live") {
+      setConnection("live", "live");
+    } else if (state === "polling" && auto()) {
+      fallBackToPolling();
+    } else if (state !== "connecting") {
+      setConnection("reconnecting", "reconnecting…");
+    }
+  }
+
+  function fallBackToPolling() {
+    setConnection("polling", "polling");
+    poll();
+    pollRows();
   }
 
   // A proxy that buffers the stream (or a request that hangs) leaves the page silent though
-  // nothing failed: the server sends the current state at once, so a page that has heard
-  // nothing a while after loading polls instead.
-  function expectFirstMessage() {
-    var live = byId("job-live");
-    if (!live || !live.hasAttribute("sse-connect")) { return; }
+  // nothing failed: a page whose connection is not live a while after loading polls.
+  function expectLive() {
     window.setTimeout(function () {
-      if (!live.dataset.heard && live.hasAttribute("sse-connect") && !jobFinished() && auto()) {
-        giveUpStream(live, latestSource);
-        setConnection("polling", "polling");
-        poll();
-      }
+      if (liveState !== "live" && !jobFinished() && auto()) { fallBackToPolling(); }
     }, FIRST_MESSAGE_MS);
   }
-
-  document.addEventListener("htmx:sseOpen", function (evt) {
-    failures = 0;
-    if (evt.target.id === "job-live") { setConnection("live", "live"); }
-  });
-
-  document.addEventListener("htmx:sseMessage", function (evt) {
-    if (evt.target.id === "job-live") { evt.target.dataset.heard = "1"; }
-  });
-
-  document.addEventListener("htmx:sseError", function (evt) {
-    var elt = evt.target;
-    failures += 1;
-    if (failures < MAX_SSE_FAILURES || !auto()) {
-      if (elt.id === "job-live") { setConnection("reconnecting", "reconnecting…"); }
-      return;
-    }
-    giveUpStream(elt, evt.detail && evt.detail.source);
-    if (elt.id === "job-live") {
-      setConnection("polling", "polling");
-      poll();
-    } else if (elt.id === "live-root") {
-      pollRows();
-    }
-  });
 
   // A failed poll (server restarting, Redis down) tries again instead of stopping.
   function pollFailed(evt) {
@@ -126,8 +196,7 @@
     if (jobFinished() && connection) {
       setConnection("finished", "finished");
     } else if (evt.detail.target && evt.detail.target.id === "job-progress" &&
-               connection && connection.dataset.state === "reconnecting" &&
-               !byId("job-live").hasAttribute("sse-connect")) {
+               connection && connection.dataset.state === "reconnecting" && liveState !== "live") {
       setConnection("polling", "polling");
     }
   });
@@ -169,7 +238,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    expectFirstMessage();
+    connectLive();
     var box = byId("notices");
     if (box) {
       new MutationObserver(function () { tidyNotices(box); }).observe(box, { childList: true });

@@ -158,12 +158,15 @@ class ServerPool:
     The servers all use the suite's Redis and queue, so one worker runs every server's jobs.
     """
 
-    def __init__(self):
+    def __init__(self, worker_threads: int = 4):
         # Beside the suite's instance folder, so that the suite's clean-up removes the logs.
         suite_tmp = Path(os.environ["HEADWAY_INSTANCE_PATH"]).parent
         self.log_dir = Path(tempfile.mkdtemp(prefix="browser-logs-", dir=suite_tmp))
         self.worker = _Process(
-            "worker", [sys.executable, "-m", "jobs.worker"], {"HEADWAY_WORKERS": "4"}, self.log_dir
+            "worker",
+            [sys.executable, "-m", "jobs.worker"],
+            {"HEADWAY_WORKERS": str(worker_threads)},
+            self.log_dir,
         )
         self.servers: dict[tuple, LiveServer] = {}
 
@@ -259,3 +262,12 @@ def status_in_html(html: str) -> str:
     match = re.search(r'id="job-progress"[^>]*data-status="(\w+)"', html)
     assert match, "no #job-progress in the page"
     return match[1]
+
+
+def live_stream_count() -> int:
+    """Streams the server holds open right now, for every visitor (their stream slots)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    now = time.time()
+    return sum(client.zcount(key, now, "+inf") for key in client.scan_iter("hw:streams:*"))

@@ -241,15 +241,18 @@ def browser():
 @pytest.fixture
 def new_context(browser):
     """Fresh browser contexts (each with an owner cookie of its own), closed after the test;
-    each records what its job pages show (RECORDER_JS)."""
+    each records what its job pages show (RECORDER_JS). `shared_worker=False` hides
+    SharedWorker from its pages."""
     from .browser_support import RECORDER_JS, WAIT_MS
 
     contexts = []
 
-    def make(**options):
+    def make(shared_worker: bool = True, **options):
         context = browser.new_context(**options)
         context.set_default_timeout(WAIT_MS)
         context.add_init_script(RECORDER_JS)
+        if not shared_worker:  # as on Chrome for Android: the tabs elect a leader instead
+            context.add_init_script("delete window.SharedWorker;")
         contexts.append(context)
         return context
 

@@ -16,6 +16,7 @@ from .browser_support import (
     KEEPALIVE_SECONDS,
     WAIT_MS,
     bar_value_in_html,
+    live_stream_count,
     post_job,
     seen,
     start_job_with_form,
@@ -109,14 +110,12 @@ def test_job_runs_live_from_zero_to_download(live_server, page):
 
 def test_polling_takes_over_when_streams_are_refused(live_servers, page):
     base = live_servers(HEADWAY_MAX_STREAMS_PER_OWNER=0).url
-    stream_statuses = []
-    page.on("response", lambda r: r.url.endswith("/events") and stream_statuses.append(r.status))
     documents = record_documents(page)
     start_job_with_form(page, base, steps=40, delay=0.1)
 
     snapshots = wait_until_done(page)
 
-    assert stream_statuses and set(stream_statuses) == {429}, stream_statuses
+    assert live_stream_count() == 0  # every stream was refused (429)
     assert any(s["conn"] == "polling" and s["status"] == "running" for s in snapshots), snapshots
     values = [s["value"] for s in snapshots]
     assert_climbs_to_100(values)
@@ -126,10 +125,14 @@ def test_polling_takes_over_when_streams_are_refused(live_servers, page):
     assert download(page) == ("count.txt", "40\n")
 
 
-def test_polling_takes_over_when_the_stream_never_says_anything(live_server, page):
-    """A proxy that buffers the stream, or a request that hangs: no error, just silence."""
+def test_polling_takes_over_when_the_stream_never_says_anything(live_server, new_context):
+    """A proxy that buffers the stream, or a request that hangs: no error, just silence.
+
+    (The tab runs the shared connection itself, as where there is no SharedWorker: a
+    SharedWorker's requests cannot be intercepted from the test.)"""
+    page = new_context(shared_worker=False).new_page()
     held = []
-    page.route("**/jobs/*/events", lambda route: held.append(route))  # never answered
+    page.route("**/live?*", lambda route: held.append(route))  # never answered
     documents = record_documents(page)
     start_job_with_form(page, live_server.url, steps=120, delay=0.1)
 
@@ -200,10 +203,12 @@ def test_reload_mid_job_shows_current_progress_then_continues(live_server, page)
     assert download(page) == ("count.txt", "50\n")
 
 
-def test_job_finished_before_the_stream_started_still_ends_done(live_server, context, page):
+def test_job_finished_before_the_stream_started_still_ends_done(live_server, new_context):
     base = live_server.url
+    context = new_context(shared_worker=False)  # so that the test can hold its stream
+    page = context.new_page()
     held = []
-    page.route("**/jobs/*/events", lambda route: held.append(route))  # held, not answered
+    page.route("**/live?job=*", lambda route: held.append(route))  # held, not answered
 
     job_id = start_job_with_form(page, base, steps=10, delay=0.3)
     page.wait_for_load_state("load")
@@ -230,13 +235,6 @@ def test_job_list_uses_one_stream_for_eight_live_rows(live_server, context, page
     token = page.locator("input[name=csrf_token]").first.get_attribute("value")
     job_ids = [post_job(context, base, token, steps=15, delay=0.2) for _ in range(8)]
 
-    streams = []
-
-    def on_request(request):
-        if request.resource_type == "eventsource" or request.url.endswith("/events"):
-            streams.append(request.url)
-
-    page.on("request", on_request)
     documents = record_documents(page)
     with page.expect_response(f"{base}/jobs") as info:
         page.goto(f"{base}/jobs")
@@ -251,7 +249,7 @@ def test_job_list_uses_one_stream_for_eight_live_rows(live_server, context, page
         row = page.locator(f"#job-row-{job_id}")
         assert row.locator(".badge").inner_text() == "succeeded"
         assert row.locator("[role=progressbar]").get_attribute("aria-valuenow") == "100"
-    assert streams == [f"{base}/events"]
+    assert live_stream_count() == 1
     assert page.evaluate("window.__marker") == "loaded once"
     assert documents == [f"{base}/jobs"]
     notice = page.locator("#notices .notice").first

@@ -226,19 +226,6 @@ def test_streams_per_owner_are_capped_with_429(store):
         e.close()
 
 
-def test_owner_stream_sends_rows_and_a_notice_when_a_job_ends(web, store):
-    mine = new_job(store)
-    new_job(store, owner="someone-else")
-    response = web.get("/events", buffered=False)
-    events = Events(response)
-    first = events.next_event()
-    assert first["event"] == f"job-{mine}" and f'id="job-row-{mine}"' in first["data"]
-    store.update(mine, {"status": "succeeded", "progress": 100.0})
-    names = {events.next_event()["event"], events.next_event()["event"]}
-    assert names == {f"job-{mine}", "notice"}
-    events.close()
-
-
 def test_sse_fields_never_carry_line_breaks():
     message = sse("a\r\nevent: evil", "line one\nline two\r\nline three", "7\n8")
     assert message == (
@@ -280,10 +267,108 @@ def test_a_job_list_stream_shows_a_dead_workers_job_as_interrupted(store):
     with client.session_transaction() as session:
         session["owner"] = OWNER
     job_id = new_job(store)  # its worker never beats again
-    events = Events(client.get("/events", buffered=False))
+    events = open_live(client, "rows=1")
     first = events.next_event()
-    assert first["event"] == f"job-{job_id}" and "badge-running" in first["data"]
+    assert first["event"] == "row" and first["data"].startswith(job_id)
+    assert "badge-running" in first["data"]
     row, notice = events.next_event(), events.next_event()
-    assert row["event"] == f"job-{job_id}" and "badge-interrupted" in row["data"]
+    assert row["event"] == "row" and "badge-interrupted" in row["data"]
     assert notice["event"] == "notice" and "interrupted" in notice["data"]
+    events.close()
+
+
+def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_live_stream(store):
+    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    job_id = new_job(store)
+    events = open_live(client, f"job={job_id}")
+    assert job_message(events.next_event())[2] is False
+    _, _, final, html = job_message(events.next_event())
+    assert final and "The job was interrupted." in html
+    events.close()
+
+
+# -- /live: the one stream a browser's tabs share -------------------------------------------
+
+
+def open_live(web, query: str) -> Events:
+    return Events(web.get(f"/live?{query}", buffered=False))
+
+
+def job_message(message: dict) -> tuple[str, int, bool, str]:
+    head, _, html = message["data"].partition("\n")
+    job_id, version, final = head.split(" ")
+    return job_id, int(version), final == "1", html
+
+
+def test_live_carries_every_watched_job_addressed_to_it(web, store):
+    first, second = new_job(store), new_job(store)
+    events = open_live(web, f"job={first}&job={second}")
+    assert events.response.status_code == 200
+    assert events.response.mimetype == "text/event-stream"
+    got = {job_message(events.next_event())[0], job_message(events.next_event())[0]}
+    assert got == {first, second}
+    store.update(second, {"progress": 40.0, "message": "Counting"})
+    job_id, version, final, html = job_message(events.next_event())
+    assert (job_id, final) == (second, False) and version == store.get(second).version
+    assert f'data-job="{second}"' in html and "Counting" in html
+    store.update(first, {"status": "succeeded", "progress": 100.0})
+    job_id, _, final, html = job_message(events.next_event())
+    assert (job_id, final) == (first, True) and "Your results are ready" in html
+    events.close()
+
+
+def test_live_sends_only_what_is_newer_than_the_versions_a_browser_has(web, store):
+    stale, current = new_job(store), new_job(store)
+    store.update(stale, {"progress": 10.0})
+    have = store.get(current).version
+    events = open_live(web, f"job={stale}:1&job={current}:{have}")
+    job_id, version, _, _ = job_message(events.next_event())
+    assert (job_id, version) == (stale, store.get(stale).version)
+    store.update(current, {"progress": 50.0})
+    assert job_message(events.next_event())[:2] == (current, have + 1)  # nothing in between
+    events.close()
+
+
+def test_live_leaves_out_jobs_that_are_not_the_visitors(web, store):
+    foreign = new_job(store, owner="someone-else")
+    mine = new_job(store)
+    events = open_live(web, f"job={foreign}&job={'0' * 32}&job={mine}")
+    assert job_message(events.next_event())[0] == mine
+    store.update(foreign, {"progress": 90.0})
+    store.update(mine, {"progress": 20.0})
+    assert job_message(events.next_event())[0] == mine  # never a word of the foreign one
+    events.close()
+
+
+@pytest.mark.parametrize("query", ["job=nothex", "job=" + "a" * 32 + ":x", "job=" + "a" * 33])
+def test_live_refuses_a_malformed_job_with_400(web, query):
+    response = web.get(f"/live?{query}")
+    assert response.status_code == 400
+    assert "Not a job to watch" in response.get_data(as_text=True)
+
+
+def test_live_with_rows_sends_rows_and_a_notice_when_a_job_ends(web, store):
+    mine = new_job(store)
+    new_job(store, owner="someone-else")
+    events = open_live(web, "rows=1")
+    first = events.next_event()
+    assert first["event"] == "row" and first["data"].startswith(f"{mine} ")
+    assert f'id="job-row-{mine}"' in first["data"]
+    store.update(mine, {"status": "succeeded", "progress": 100.0})
+    names = {events.next_event()["event"], events.next_event()["event"]}
+    assert names == {"row", "notice"}
+    later = new_job(store)  # started from another tab: its rows follow too
+    row = events.next_event()
+    assert row["event"] == "row" and row["data"].startswith(f"{later} ")
+    events.close()
+
+
+def test_live_holds_one_stream_slot_however_many_jobs(web, store):
+    jobs = [new_job(store) for _ in range(12)]
+    events = open_live(web, "&".join(f"job={j}" for j in jobs) + "&rows=1")
+    events.next_event()
+    assert store.client.zcard(f"hw:streams:{OWNER}") == 1
     events.close()

@@ -97,7 +97,7 @@ def wants_json() -> bool:
 def error_response(status: int, title: str, message: str, headers: dict | None = None):
     if wants_json():
         response = jsonify(error=title, message=message)
-    elif is_htmx() or request.path.endswith(("/events", "/progress")):
+    elif is_htmx() or request.path.endswith(("/events", "/progress", "/live")):
         response = current_app.response_class(
             render_template("partials/error.html", title=title, message=message),
             mimetype="text/html",

@@ -1,8 +1,9 @@
-"""Server-Sent Events: one stream per job page, one per job list, both fed by the hub.
+"""Server-Sent Events, fed by the hub: `/live`, the one stream a browser holds for all of its
+tabs; and a job's own stream, `/jobs/<id>/events`, for scripts and `curl -N`.
 
 A stream subscribes (registers with the process's hub) before it reads the record, so a
 change between page render and stream start is never missed. It sends state, not events:
-each message is the freshly rendered fragment, its id the record's version.
+each message is the freshly rendered fragment, with the record's version.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import redis
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request
 
 from headway.hub import HubUnavailable
 from headway.store import FINAL_STATUSES
@@ -29,6 +30,8 @@ LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the three SSE knows, and no others
 RETRY_MS = 1000  # how long a browser waits before reconnecting a closed stream
 RETRY = f"retry: {RETRY_MS}\n\n".encode()
 KEEPALIVE = b": keepalive\n\n"
+MAX_LIVE_JOBS = 200  # jobs one browser's stream may watch at once
+WATCHED = re.compile(r"([0-9a-f]{32})(?::([0-9]{1,15}))?")
 
 
 def _clean(value: object) -> str:
@@ -112,24 +115,6 @@ def _render_job(job_id: str, context) -> Callable[[float], Rendered | None]:
     return render
 
 
-def _render_row(job_id: str, context) -> Callable[[float], Rendered | None]:
-    """How to read and render a job's row (and its notice, should it have just ended)."""
-
-    def render(read_at: float) -> Rendered | None:
-        with context():
-            state = services().store.get(job_id)
-            if state is None:
-                return None
-            state = reap_if_stale(state)
-            row = sse(f"job-{state.id}", render_row(state)).encode()
-            notice = b""
-            if state.finished:
-                notice = sse("notice", render_template("partials/notice.html", job=state)).encode()
-        return Rendered(read_at, state.version, state.status, state.finished, row, notice)
-
-    return render
-
-
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
     """The job's live stream: `progress` events, then one `done` event, then the end."""
@@ -178,63 +163,6 @@ def job_events(job_id: str):
     return _stream(generate())
 
 
-@bp.get("/events")
-def owner_events():
-    """The visitor's stream for list pages: `job-<id>` row events and `notice` events."""
-    owner = current_owner()
-    svc = services()
-    svc.hub.ensure_ready()
-    lease = _Lease(owner)
-
-    context = _request_context()
-
-    def generate() -> Iterator[bytes]:
-        try:
-            yield RETRY
-            with svc.hub.watch(owner=owner) as watcher:
-                deadline = time.monotonic() + svc.settings.stream_max_seconds
-                statuses: dict[str, str] = {}
-                sent: dict[str, int] = {}
-                job_ids = [job.id for job in svc.store.list_for_owner(owner)]
-                fresh_since = watcher.changed_at
-                while True:
-                    messages = []
-                    for job_id in job_ids:
-                        render = _render_row(job_id, context)
-                        state = svc.renders.get("row", job_id, fresh_since, render)
-                        if state is not None and state.version != sent.get(job_id):
-                            sent[job_id] = state.version
-                            messages.append(_row_messages(job_id, state, statuses))
-                    if messages:
-                        yield b"".join(messages)
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    keepalive = svc.settings.keepalive_seconds
-                    changed = watcher.wait(min(keepalive, remaining))
-                    lease.renew()
-                    if changed is None:
-                        yield KEEPALIVE
-                        # Quiet for a while: look at the running ones again (a worker may
-                        # have died), sharing the look with the owner's other streams.
-                        job_ids = [i for i, st in statuses.items() if st not in FINAL_STATUSES]
-                        fresh_since = time.monotonic() - keepalive / 2
-                        continue
-                    fresh_since = watcher.changed_at
-                    ids, everything = changed
-                    if everything:
-                        ids = [job.id for job in svc.store.list_for_owner(owner)]
-                    job_ids = sorted(ids)
-                    for job_id in job_ids:  # a job created elsewhere: known from now on
-                        statuses.setdefault(job_id, "queued")
-        except (redis.RedisError, HubUnavailable) as exc:
-            log.warning("owner stream ended, redis unavailable: %s", exc)
-        finally:
-            lease.release()
-
-    return _stream(generate())
-
-
 def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> bytes:
     """The row's event, with the "job finished" notice if this stream saw the job run."""
     was = statuses.get(job_id)
@@ -242,3 +170,140 @@ def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> byt
     if state.notice and was is not None and was not in FINAL_STATUSES:
         return state.message + state.notice
     return state.message
+
+
+def parse_watched(values: list[str]) -> dict[str, int | None]:
+    """`?job=<id>:<version>` (version optional) as {id: version}; 400 for anything else."""
+    if len(values) > MAX_LIVE_JOBS:
+        abort(400, f"A stream watches at most {MAX_LIVE_JOBS} jobs.")
+    watched: dict[str, int | None] = {}
+    for value in values:
+        match = WATCHED.fullmatch(value)
+        if match is None:
+            abort(400, f"Not a job to watch: {value[:40]!r} (expected <job id>:<version>).")
+        watched[match[1]] = int(match[2]) if match[2] else None
+    return watched
+
+
+def _render_live_job(job_id: str, context) -> Callable[[float], Rendered | None]:
+    """A job's progress region addressed to it: `event: job`, then "<id> <version> <final>"
+    on the first data line and the fragment after it."""
+
+    def render(read_at: float) -> Rendered | None:
+        with context():
+            state, items, log_lines = services().store.get_detail(job_id)
+            if state is None:
+                return None
+            if reap_if_stale(state) is not state:
+                state, items, log_lines = services().store.get_detail(job_id)
+            html = render_progress_of(state, items, log_lines, shared=True)
+        head = f"{state.id} {state.version} {int(state.finished)}"
+        message = sse("job", f"{head}\n{html}").encode()
+        return Rendered(read_at, state.version, state.status, state.finished, message)
+
+    return render
+
+
+def _render_live_row(job_id: str, context) -> Callable[[float], Rendered | None]:
+    """A job's list row addressed to it (`event: row`), and its notice once it has ended."""
+
+    def render(read_at: float) -> Rendered | None:
+        with context():
+            state = services().store.get(job_id)
+            if state is None:
+                return None
+            state = reap_if_stale(state)
+            row = sse("row", f"{state.id} {state.version}\n{render_row(state)}").encode()
+            notice = b""
+            if state.finished:
+                notice = sse("notice", render_template("partials/notice.html", job=state)).encode()
+        return Rendered(read_at, state.version, state.status, state.finished, row, notice)
+
+    return render
+
+
+@bp.get("/live")
+def live():
+    """The browser's one stream, shared by all of its tabs (static/headway-live.js).
+
+    `?job=<id>:<version>` for each job a tab shows (the version it has, if any): its
+    progress region whenever it is newer, its final state always; `?rows=1` while a tab
+    shows the job list: every row of the visitor's jobs that changed, and a notice when a
+    job ends. Jobs that are not the visitor's are left out, exactly like unknown ones.
+    """
+    owner = current_owner()
+    svc = services()
+    wanted = parse_watched(request.args.getlist("job"))
+    rows = request.args.get("rows") == "1"
+    svc.hub.ensure_ready()
+    lease = _Lease(owner)
+    context = _request_context()
+
+    def generate() -> Iterator[bytes]:
+        try:
+            yield RETRY
+            with svc.hub.watch(owner=owner) as watcher:
+                # Read after subscribing, as every stream does: which jobs are the owner's.
+                owned = {j.id for j in svc.store.get_many(list(wanted)) if j.owned_by(owner)}
+                sent = {job_id: wanted[job_id] for job_id in owned}
+                job_statuses: dict[str, str] = {}
+                statuses: dict[str, str] = {}  # of rows, for notices
+                row_sent: dict[str, int] = {}
+                row_ids = [j.id for j in svc.store.list_for_owner(owner)] if rows else []
+                deadline = time.monotonic() + svc.settings.stream_max_seconds
+                fresh_since = watcher.changed_at
+                changed: set[str] | None = None  # None: look at everything
+                while True:
+                    messages = []
+                    for job_id in sorted(sent):
+                        if changed is not None and job_id not in changed:
+                            continue
+                        render = _render_live_job(job_id, context)
+                        state = svc.renders.get("live-job", job_id, fresh_since, render)
+                        if state is None:
+                            del sent[job_id]
+                            continue
+                        job_statuses[job_id] = state.status
+                        if sent[job_id] is None or state.version > sent[job_id]:
+                            messages.append(state.message)
+                            sent[job_id] = state.version
+                    for job_id in row_ids:
+                        if changed is not None and job_id not in changed:
+                            continue
+                        render = _render_live_row(job_id, context)
+                        state = svc.renders.get("live-row", job_id, fresh_since, render)
+                        if state is not None and state.version != row_sent.get(job_id):
+                            row_sent[job_id] = state.version
+                            messages.append(_row_messages(job_id, state, statuses))
+                    if messages:
+                        yield b"".join(messages)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return  # the browser reconnects, saying which versions it has
+                    keepalive = svc.settings.keepalive_seconds
+                    woken = watcher.wait(min(keepalive, remaining))
+                    lease.renew()
+                    if woken is None:
+                        yield KEEPALIVE
+                        # Quiet for a while: look at the unfinished ones again (a worker may
+                        # have died), sharing the look with the owner's other streams.
+                        changed = {
+                            i
+                            for i, st in (*job_statuses.items(), *statuses.items())
+                            if st not in FINAL_STATUSES
+                        }
+                        fresh_since = time.monotonic() - keepalive / 2
+                        continue
+                    fresh_since = watcher.changed_at
+                    ids, everything = woken
+                    changed = None if everything else ids
+                    if rows and (everything or not ids <= set(row_ids)):
+                        row_ids = [j.id for j in svc.store.list_for_owner(owner)]
+                        for job_id in ids - set(row_sent):  # created since: new to this page
+                            statuses.setdefault(job_id, "queued")
+        except (redis.RedisError, HubUnavailable) as exc:
+            log.warning("live stream ended, redis unavailable: %s", exc)
+        finally:
+            lease.release()
+
+    return _stream(generate())
