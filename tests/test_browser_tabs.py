@@ -102,3 +102,23 @@ def test_twelve_tabs_of_one_browser_stay_live_on_one_stream(
     wait_for(lambda: live_stream_count() == 1)
     context.close()
     wait_for(lambda: live_stream_count() == 0)  # and nothing is left behind
+
+
+def test_a_browser_with_neither_shared_worker_nor_broadcast_channel_keeps_its_own_stream(
+    many_jobs_server, browser
+):
+    from .browser_support import RECORDER_JS, start_job_with_form
+
+    context = browser.new_context()
+    context.add_init_script(RECORDER_JS)
+    context.add_init_script("delete window.SharedWorker; delete window.BroadcastChannel;")
+    try:
+        page = context.new_page()
+        start_job_with_form(page, many_jobs_server.url, steps=30, delay=0.1)
+        page.locator("#downloads a").first.wait_for(timeout=60_000)
+        values = [s["value"] for s in seen(page)]
+        assert any(0 < v < 100 for v in values), values  # it was live, not reloaded
+        assert any(s["conn"] == "live" for s in seen(page))
+        assert page.locator("#connection .connection-text").inner_text() == "finished"
+    finally:
+        context.close()
