@@ -4,6 +4,7 @@ Keys (prefix `hw:`):
     hw:job:<id>          hash: everything a page needs (see JobState)
     hw:job:<id>:log      list: the most recent log lines, capped
     hw:job:<id>:items    hash: per-item progress, field = item index
+    hw:job:<id>:itemv    sorted set: item indexes by the version that last changed them
     hw:owner:<owner>     sorted set: the owner's job ids by creation time
     hw:running           sorted set: ids of `running` jobs by last heartbeat (for the reaper)
     hw:retention         sorted set: "<id>:<owner>" of finished jobs by removal time
@@ -35,12 +36,13 @@ CONSUMERS = "hw:consumers"
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
-# KEYS: job, log, items, running, retention
+# KEYS: job, log, items, running, retention, item versions
 # ARGV: now, fields (JSON object of strings), log lines (JSON list), item pairs (JSON list),
 #       channel, log cap, retention seconds, heartbeat cutoff ("" for none)
 # Returns {"ok", version, cancel_requested, status} or {reason, stored, attempted}.
 UPDATE_SCRIPT = """
 local job, logkey, itemskey, running, retention = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local itemv = KEYS[6]
 local now = ARGV[1]
 local cur = redis.call('HMGET', job, 'status', 'progress', 'heartbeat', 'attempt', 'owner', 'id')
 local status = cur[1]
@@ -81,9 +83,15 @@ local lines = cjson.decode(ARGV[3])
 if #lines > 0 then
   redis.call('RPUSH', logkey, unpack(lines))
   redis.call('LTRIM', logkey, -tonumber(ARGV[6]), -1)
+  redis.call('HINCRBY', job, 'log_total', #lines)  -- readers ask for the lines after theirs
 end
 local items = cjson.decode(ARGV[4])
-if #items > 0 then redis.call('HSET', itemskey, unpack(items)) end
+if #items > 0 then
+  redis.call('HSET', itemskey, unpack(items))
+  local stamps = {}  -- which items this version changed, for readers that hold the rest
+  for i = 1, #items, 2 do stamps[#stamps + 1] = version; stamps[#stamps + 1] = items[i] end
+  redis.call('ZADD', itemv, unpack(stamps))
+end
 local new_status = f.status or status
 if final[new_status] and not final[status] then
   local ttl = math.max(1, math.ceil(tonumber(ARGV[7])))
@@ -91,6 +99,7 @@ if final[new_status] and not final[status] then
   redis.call('EXPIRE', job, ttl)
   redis.call('EXPIRE', logkey, ttl)
   redis.call('EXPIRE', itemskey, ttl)
+  redis.call('EXPIRE', itemv, ttl)
   redis.call('ZADD', retention, tonumber(now) + tonumber(ARGV[7]), cur[6] .. ':' .. cur[5])
 elseif new_status == 'running' and f.heartbeat then
   redis.call('ZADD', running, f.heartbeat, cur[6])
@@ -99,6 +108,31 @@ elseif new_status == 'retrying' then
 end
 redis.call('PUBLISH', ARGV[5], cur[6] .. ' ' .. cur[5])
 return {'ok', version, redis.call('HGET', job, 'cancel_requested') or '0', new_status}
+"""
+
+
+# What changed since a reader's version: the record, the items changed after that version
+# (all of them for a reader with none), and the log lines after the reader's count.
+# KEYS: job, log, items, item versions. ARGV: version ("" for all), log lines seen.
+READ_SINCE_SCRIPT = """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return {} end
+if ARGV[1] == '' then
+  return {h, redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[2], 0, -1)}
+end
+local items = {}
+local changed = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. ARGV[1], '+inf')
+if #changed > 0 then
+  local values = redis.call('HMGET', KEYS[3], unpack(changed))
+  for i, index in ipairs(changed) do
+    if values[i] then items[#items + 1] = index; items[#items + 1] = values[i] end
+  end
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'log_total') or '0')
+local new = total - tonumber(ARGV[2])
+local lines = {}
+if new > 0 then lines = redis.call('LRANGE', KEYS[2], -new, -1) end
+return {h, items, lines}
 """
 
 
@@ -115,6 +149,22 @@ class ItemProgress:
     name: str
     percent: float
     status: str  # "pending", "running", "done", "failed"
+    index: int = 0  # its place among the job's items (set when read)
+
+    @classmethod
+    def parse(cls, index: str, raw: str) -> ItemProgress:
+        name, percent, status = json.loads(raw)
+        return cls(name, percent, status, int(index))
+
+
+@dataclasses.dataclass
+class Changes:
+    """A job as read since a version: its state, the items changed after that version (all,
+    for a reader with none), and the log lines after the reader's count (oldest first)."""
+
+    state: JobState
+    items: list[ItemProgress]
+    log_lines: list[dict]
 
 
 @dataclasses.dataclass
@@ -152,6 +202,7 @@ class JobState:
     retried_as: str
     params: dict
     inputs: list[str]
+    log_total: int = 0  # log lines ever written (the list keeps the newest few)
 
     @property
     def finished(self) -> bool:
@@ -208,6 +259,7 @@ class JobState:
             retried_as=h.get("retried_as", ""),
             params=json.loads(h.get("params") or "{}"),
             inputs=json.loads(h.get("inputs") or "[]"),
+            log_total=int(num("log_total")),
         )
 
 
@@ -233,6 +285,7 @@ class JobStore:
         self.client = client
         self.settings = settings
         self._update = client.register_script(UPDATE_SCRIPT)
+        self._read_since = client.register_script(READ_SINCE_SCRIPT)
 
     # -- keys ---------------------------------------------------------------
     @staticmethod
@@ -311,7 +364,7 @@ class JobStore:
             item_pairs += [str(index), json.dumps([item.name, round(item.percent, 1), item.status])]
         key = self.key(job_id)
         raw = self._update(
-            keys=[key, f"{key}:log", f"{key}:items", RUNNING, RETENTION],
+            keys=[key, f"{key}:log", f"{key}:items", RUNNING, RETENTION, f"{key}:itemv"],
             args=[
                 f"{time.time():.3f}",
                 json.dumps(fields),
@@ -351,7 +404,7 @@ class JobStore:
         """Delete a job's keys, index entries and files."""
         key = self.key(job_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(key, f"{key}:log", f"{key}:items")
+        pipe.delete(key, f"{key}:log", f"{key}:items", f"{key}:itemv")
         pipe.zrem(self.owner_key(owner), job_id)
         pipe.zrem(RUNNING, job_id)
         pipe.zrem(RETENTION, f"{job_id}:{owner}")
@@ -386,8 +439,35 @@ class JobStore:
         h, raw_items, lines = pipe.execute()
         if not h:
             return None, [], []
-        items = [ItemProgress(*json.loads(raw_items[k])) for k in sorted(raw_items, key=int)]
+        items = [ItemProgress.parse(k, raw_items[k]) for k in sorted(raw_items, key=int)]
         return JobState.from_hash(h), items, [json.loads(line) for line in lines]
+
+    def read_since(self, since: dict[str, tuple[int, int] | None]) -> dict[str, Changes | None]:
+        """For each job id, what changed since (version, log lines seen), or everything for
+        None: all of them read in one round trip. None for a job that is gone."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, seen in since.items():
+            key = self.key(job_id)
+            self._read_since(
+                keys=[key, f"{key}:log", f"{key}:items", f"{key}:itemv"],
+                args=["", 0] if seen is None else [seen[0], seen[1]],
+                client=pipe,
+            )
+        changes: dict[str, Changes | None] = {}
+        for job_id, raw in zip(since, pipe.execute(), strict=True):
+            if not raw:
+                changes[job_id] = None
+                continue
+            h, pairs, lines = raw
+            h = dict(zip(h[::2], h[1::2], strict=True))
+            items = sorted(
+                (ItemProgress.parse(i, v) for i, v in zip(pairs[::2], pairs[1::2], strict=True)),
+                key=lambda item: item.index,
+            )
+            changes[job_id] = Changes(
+                JobState.from_hash(h), items, [json.loads(line) for line in lines]
+            )
+        return changes
 
     def get_owned(self, job_id: str, owner: str | None) -> JobState | None:
         """The job if `owner` owns it; None for unknown, malformed and foreign ids alike."""
@@ -414,7 +494,7 @@ class JobStore:
 
     def items(self, job_id: str) -> list[ItemProgress]:
         raw = self.client.hgetall(f"{self.key(job_id)}:items")
-        return [ItemProgress(*json.loads(raw[k])) for k in sorted(raw, key=int)]
+        return [ItemProgress.parse(k, raw[k]) for k in sorted(raw, key=int)]
 
     def stale_running(self, cutoff: float) -> list[str]:
         return self.client.zrangebyscore(RUNNING, "-inf", f"({cutoff}")

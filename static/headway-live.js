@@ -7,15 +7,17 @@
    is none, headway.js runs it in one tab, elected with the Web Locks API, and relays over
    a BroadcastChannel; where neither exists, each page runs its own.
 
-   State, not events: a message is a job's newest state, so a tab that was hidden (and
-   unsubscribed) catches up from the newest message the hub holds, or from the stream it
-   reopens with the versions it has; nothing is replayed. Plain JavaScript, no build. */
+   State, not events: a job's message is its whole progress region, or the change from the
+   version before (out-of-band swaps of the regions that changed). The hub knows which
+   version each tab shows, so each tab gets what it can apply; a tab that cannot (it was
+   hidden, or just loaded) makes the hub reopen the stream from that tab's version, and the
+   server answers with the whole state. Nothing is replayed. Plain JavaScript, no build. */
 (function (scope) {
   "use strict";
 
   var FIRST_RETRY_MS = 1000;
   var MAX_RETRY_MS = 30000;
-  var FAILURES_BEFORE_POLLING = 3; // the tabs poll for themselves meanwhile
+  var FAILURES_BEFORE_POLLING = 2; // the tabs poll for themselves meanwhile
   var CLIENT_TTL_MS = 45000; // a tab silent this long is gone (tabs say hello every 15 s)
   var SETTLE_MS = 30; // subscription changes that come together make one reconnect
 
@@ -25,7 +27,8 @@
     this.versions = {}; // job id -> newest version this hub has had
     this.latest = {}; // job id -> newest message about it
     this.source = null;
-    this.query = null; // what the open stream asked for
+    this.key = null; // which jobs (and rows) the open stream carries
+    this.resync = false; // a tab is behind what the stream can bring it: reopen
     this.state = "connecting";
     this.failures = 0;
     this.timer = null;
@@ -42,12 +45,27 @@
     if (client.visible) {
       for (var job in client.jobs) {
         var latest = this.latest[job];
-        if (latest && (client.jobs[job] === null || latest.version > client.jobs[job])) {
-          send(latest); // at once, from what the hub holds
+        if (latest && applies(latest, client)) {
+          this.send(client, latest); // at once, from what the hub holds
+        } else if (job in this.versions && !(client.jobs[job] >= this.versions[job])) {
+          this.resync = true; // behind, and nothing here to catch up with
         }
       }
     }
     this.settle();
+  };
+
+  /* Whether a tab showing version `have` of the job can take this message. */
+  function applies(m, client) {
+    var have = client.jobs[m.job];
+    if (have === undefined) { return false; }
+    if (m.base === null) { return have === null || m.version > have; }
+    return m.base === have;
+  }
+
+  Hub.prototype.send = function (client, m) {
+    if (m.type === "job") { client.jobs[m.job] = m.version; }
+    client.send(m);
   };
 
   Hub.prototype.bye = function (id) {
@@ -61,8 +79,9 @@
     this.timer = setTimeout(function () { hub.reconcile(); }, SETTLE_MS);
   };
 
-  /* The stream this browser needs now: the visible tabs' jobs (each from the newest version
-     known) and rows if any visible tab lists jobs; none at all while every tab is hidden. */
+  /* The stream this browser needs now: the visible tabs' jobs, each from the oldest version
+     a tab shows (none: a tab has none, so send it whole), and rows if any visible tab lists
+     jobs; no stream at all while every tab is hidden. */
   Hub.prototype.wanted = function () {
     var have = {}, rows = false, now = Date.now();
     for (var id in this.clients) {
@@ -71,7 +90,6 @@
       if (!client.visible) { continue; }
       rows = rows || client.rows;
       for (var job in client.jobs) {
-        // From the oldest version a tab has (null: a tab has none, so send it whole).
         var version = client.jobs[job];
         if (!(job in have)) {
           have[job] = version;
@@ -80,22 +98,21 @@
         }
       }
     }
-    var versions = this.versions;
-    var parts = Object.keys(have).sort().map(function (job) {
-      var from = job in versions ? versions[job] : have[job]; // the hub has caught tabs up
-      return "job=" + job + (from === null ? "" : ":" + from);
+    var jobs = Object.keys(have).sort();
+    var parts = jobs.map(function (job) {
+      return "job=" + job + (have[job] === null ? "" : ":" + have[job]);
     });
     if (rows) { parts.push("rows=1"); }
-    return parts.length ? this.url + "?" + parts.join("&") : null;
+    return { key: jobs.join(",") + (rows ? "+rows" : ""), url: parts.length ? this.url + "?" + parts.join("&") : null };
   };
 
   Hub.prototype.reconcile = function () {
-    var query = this.wanted();
-    if (query === this.query && (this.source || this.retry)) { return; }
+    var want = this.wanted();
+    if (want.key === this.key && !this.resync && (this.source || this.retry)) { return; }
     this.close();
-    this.query = query;
-    if (query === null) { return; } // every tab hidden: no stream at all
-    this.open(query);
+    this.key = want.key;
+    this.resync = false;
+    if (want.url !== null) { this.open(want.url); } // none while every tab is hidden
   };
 
   Hub.prototype.close = function () {
@@ -115,9 +132,19 @@
     source.addEventListener("job", function (e) {
       var m = addressed(e.data, "job");
       m.final = m.head[2] === "1";
+      m.base = m.head[3] === "-" ? null : Number(m.head[3]);
       hub.versions[m.job] = m.version;
       hub.latest[m.job] = m;
-      hub.deliver(m, function (client) { return m.job in client.jobs; });
+      for (var id in hub.clients) {
+        var client = hub.clients[id];
+        if (!client.visible || !(m.job in client.jobs)) { continue; }
+        if (applies(m, client)) {
+          hub.send(client, m);
+        } else if (client.jobs[m.job] === null || client.jobs[m.job] < m.version) {
+          hub.resync = true; // this tab missed the version the change starts from
+          hub.settle();
+        }
+      }
     });
     source.addEventListener("row", function (e) {
       var m = addressed(e.data, "row");
@@ -138,7 +165,7 @@
       var delay = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * Math.pow(2, hub.failures - 1));
       hub.retry = setTimeout(function () {
         hub.retry = null;
-        hub.query = null;
+        hub.key = null;
         hub.reconcile();
       }, delay * (0.5 + Math.random()));
     };

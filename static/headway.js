@@ -136,13 +136,7 @@
     if (m.type === "state") {
       showLiveState(m.state);
     } else if (m.type === "job") {
-      var progress = byId("job-progress");
-      if (progress && progress.dataset.job === m.job &&
-          (m.final || m.version > Number(progress.dataset.version))) {
-        htmx.swap(progress, m.html, { swapStyle: "outerHTML" });
-        refreshTitle();
-        if (m.final) { setConnection("finished", "finished"); say(); }
-      }
+      showJob(m);
     } else if (m.type === "row") {
       var row = byId("job-row-" + m.job);
       if (row) { htmx.swap(row, m.html, { swapStyle: "outerHTML" }); }
@@ -150,6 +144,31 @@
       var box = byId("notices");
       if (box) { htmx.swap(box, m.html, { swapStyle: "afterbegin" }); }
     }
+  }
+
+  // A job's message is its whole region (base null) or the change from version `base`: the
+  // header, the items and log lines that changed, as out-of-band swaps.
+  function showJob(m) {
+    var progress = byId("job-progress");
+    if (!progress || progress.dataset.job !== m.job) { return; }
+    var have = Number(progress.dataset.version);
+    if (m.base === null) {
+      if (!(m.version > have)) { return; }
+      htmx.swap(progress, m.html, { swapStyle: "outerHTML" });
+    } else if (m.base === have) {
+      htmx.swap(progress, m.html, { swapStyle: "none" });
+      var header = byId("job-header"), log = byId("job-log");
+      progress.className = "job status-" + header.dataset.status;
+      ["status", "percent", "version"].forEach(function (name) {
+        progress.dataset[name] = header.dataset[name];
+      });
+      while (log && log.children.length > Number(log.dataset.cap)) { log.lastElementChild.remove(); }
+    } else {
+      say(); // not the version this change starts from: the hub sends the whole region
+      return;
+    }
+    refreshTitle();
+    if (m.final) { setConnection("finished", "finished"); say(); }
   }
 
   function showLiveState(state) {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import NamedTuple
 
 import pytest
 
@@ -90,7 +91,10 @@ def test_updates_arrive_and_the_final_state_closes_the_stream(web, store):
     events.next_event()
     store.update(job_id, {"progress": 40.0, "message": "Forty"})
     update = events.next_event()
-    assert update["event"] == "progress" and "Forty" in update["data"]
+    # What changed since the version this stream sent: the header, as an out-of-band swap.
+    assert update["event"] == "delta" and update["id"] == str(store.get(job_id).version)
+    assert update["data"].startswith('<div id="job-header"') and "Forty" in update["data"]
+    assert 'hx-swap-oob="outerHTML"' in update["data"]
     assert 'aria-valuenow="40"' in update["data"]
     store.update(job_id, {"status": "succeeded", "progress": 100.0, "files": []})
     done = events.next_event()
@@ -243,8 +247,8 @@ def test_streams_of_one_job_share_one_read_per_change(web, store):
     store.update(job_id, {"progress": 50.0})
     versions = {events.next_event()["id"] for events in streams}
     assert versions == {str(store.get(job_id).version)}
-    reads = store.client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0)
-    assert reads == 1  # one read of the log (with the record) for ten streams
+    stats = store.client.info("commandstats")
+    assert stats["cmdstat_zrangebyscore"]["calls"] == 1  # one read for ten streams
     for events in streams:
         events.close()
 
@@ -284,9 +288,9 @@ def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_live_stream(sto
         session["owner"] = OWNER
     job_id = new_job(store)
     events = open_live(client, f"job={job_id}")
-    assert job_message(events.next_event())[2] is False
-    _, _, final, html = job_message(events.next_event())
-    assert final and "The job was interrupted." in html
+    assert job_message(events.next_event()).final is False
+    ended = job_message(events.next_event())
+    assert ended.final and "The job was interrupted." in ended.html
     events.close()
 
 
@@ -297,10 +301,19 @@ def open_live(web, query: str) -> Events:
     return Events(web.get(f"/live?{query}", buffered=False))
 
 
-def job_message(message: dict) -> tuple[str, int, bool, str]:
+class JobMessage(NamedTuple):
+    job_id: str
+    version: int
+    final: bool
+    base: int | None  # the version a change starts from; None for the whole state
+    html: str
+
+
+def job_message(message: dict) -> JobMessage:
+    assert message["event"] == "job", message
     head, _, html = message["data"].partition("\n")
-    job_id, version, final = head.split(" ")
-    return job_id, int(version), final == "1", html
+    job_id, version, final, base = head.split(" ")
+    return JobMessage(job_id, int(version), final == "1", None if base == "-" else int(base), html)
 
 
 def test_live_carries_every_watched_job_addressed_to_it(web, store):
@@ -308,15 +321,17 @@ def test_live_carries_every_watched_job_addressed_to_it(web, store):
     events = open_live(web, f"job={first}&job={second}")
     assert events.response.status_code == 200
     assert events.response.mimetype == "text/event-stream"
-    got = {job_message(events.next_event())[0], job_message(events.next_event())[0]}
-    assert got == {first, second}
+    whole = [job_message(events.next_event()), job_message(events.next_event())]
+    assert {m.job_id for m in whole} == {first, second}
+    assert all(m.base is None and f'data-job="{m.job_id}"' in m.html for m in whole)
     store.update(second, {"progress": 40.0, "message": "Counting"})
-    job_id, version, final, html = job_message(events.next_event())
-    assert (job_id, final) == (second, False) and version == store.get(second).version
-    assert f'data-job="{second}"' in html and "Counting" in html
+    change = job_message(events.next_event())
+    assert (change.job_id, change.final) == (second, False)
+    assert change.version == store.get(second).version and change.base == change.version - 1
+    assert change.html.startswith('<div id="job-header"') and "Counting" in change.html
     store.update(first, {"status": "succeeded", "progress": 100.0})
-    job_id, _, final, html = job_message(events.next_event())
-    assert (job_id, final) == (first, True) and "Your results are ready" in html
+    ended = job_message(events.next_event())
+    assert (ended.job_id, ended.final) == (first, True) and "Your results are ready" in ended.html
     events.close()
 
 
@@ -325,10 +340,11 @@ def test_live_sends_only_what_is_newer_than_the_versions_a_browser_has(web, stor
     store.update(stale, {"progress": 10.0})
     have = store.get(current).version
     events = open_live(web, f"job={stale}:1&job={current}:{have}")
-    job_id, version, _, _ = job_message(events.next_event())
-    assert (job_id, version) == (stale, store.get(stale).version)
+    first = job_message(events.next_event())
+    assert (first.job_id, first.version, first.base) == (stale, store.get(stale).version, None)
     store.update(current, {"progress": 50.0})
-    assert job_message(events.next_event())[:2] == (current, have + 1)  # nothing in between
+    change = job_message(events.next_event())  # nothing in between
+    assert (change.job_id, change.version, change.base) == (current, have + 1, have)
     events.close()
 
 
@@ -336,10 +352,10 @@ def test_live_leaves_out_jobs_that_are_not_the_visitors(web, store):
     foreign = new_job(store, owner="someone-else")
     mine = new_job(store)
     events = open_live(web, f"job={foreign}&job={'0' * 32}&job={mine}")
-    assert job_message(events.next_event())[0] == mine
+    assert job_message(events.next_event()).job_id == mine
     store.update(foreign, {"progress": 90.0})
     store.update(mine, {"progress": 20.0})
-    assert job_message(events.next_event())[0] == mine  # never a word of the foreign one
+    assert job_message(events.next_event()).job_id == mine  # never a word of the foreign one
     events.close()
 
 
@@ -371,4 +387,108 @@ def test_live_holds_one_stream_slot_however_many_jobs(web, store):
     events = open_live(web, "&".join(f"job={j}" for j in jobs) + "&rows=1")
     events.next_event()
     assert store.client.zcard(f"hw:streams:{OWNER}") == 1
+    events.close()
+
+
+# -- what changed, and only that ------------------------------------------------------------
+
+
+def with_items(store, count: int) -> str:
+    """A running job with `count` item bars and a line in its log."""
+    from headway.store import ItemProgress, format_log_line
+
+    job_id = new_job(store)
+    items = {i: ItemProgress(f"file-{i}.jpg", 0.0, "pending") for i in range(count)}
+    store.update(job_id, {"progress": 1.0}, items=items, log_lines=[format_log_line("Started")])
+    return job_id
+
+
+def test_a_change_carries_only_the_items_and_log_lines_that_changed(web, store):
+    from headway.store import ItemProgress, format_log_line
+
+    job_id = with_items(store, 500)
+    events = open_live(web, f"job={job_id}")
+    whole = job_message(events.next_event())
+    assert whole.base is None and whole.html.count('class="item ') == 500
+
+    store.update(
+        job_id,
+        {"progress": 2.0},
+        items={3: ItemProgress("file-3.jpg", 50.0, "running")},
+        log_lines=[format_log_line("file-3.jpg: resizing")],
+    )
+    change = job_message(events.next_event())
+    assert change.base == whole.version
+    assert change.html.count('class="item ') == 1 and 'id="job-item-3"' in change.html
+    assert 'aria-valuenow="50"' in change.html
+    assert '<ol hx-swap-oob="afterbegin:#job-log">' in change.html
+    assert "file-3.jpg: resizing" in change.html
+    assert len(change.html) < len(whole.html) / 20
+    events.close()
+
+
+def test_new_items_and_a_first_log_line_bring_their_regions_whole(web, store):
+    from headway.store import ItemProgress, format_log_line
+
+    job_id = new_job(store)
+    events = open_live(web, f"job={job_id}")
+    assert job_message(events.next_event()).base is None
+    store.update(
+        job_id,
+        items={0: ItemProgress("a.csv", 0.0, "pending"), 1: ItemProgress("b.csv", 0.0, "pending")},
+        log_lines=[format_log_line("started")],
+    )
+    change = job_message(events.next_event()).html
+    assert '<div id="job-items" class="items-region" hx-swap-oob="outerHTML">' in change
+    assert change.count('class="item ') == 2
+    assert '<div id="job-log-region" hx-swap-oob="outerHTML">' in change
+    events.close()
+
+
+def test_a_resumed_stream_gets_the_change_or_the_whole_state(web, store):
+    from headway.store import ItemProgress
+
+    job_id = with_items(store, 20)
+    _, events = open_stream(web, job_id)
+    first = events.next_event()
+    assert first["event"] == "progress"
+    events.close()  # the connection drops mid-job
+    have = int(first["id"])
+    store.update(job_id, {"progress": 5.0}, items={7: ItemProgress("file-7.jpg", 70.0, "running")})
+
+    # Resumed from the version it had: just what changed since.
+    _, events = open_stream(web, job_id, **{"Last-Event-ID": str(have)})
+    change = events.next_event()
+    assert change["event"] == "delta" and change["id"] == str(have + 1)
+    assert change["data"].count('class="item ') == 1
+    events.close()
+
+    # Resumed from a version the server cannot diff from: the whole state.
+    for unknown in (str(have - 1), "999999"):
+        _, events = open_stream(web, job_id, **{"Last-Event-ID": unknown})
+        whole = events.next_event()
+        assert whole["event"] == "progress" and whole["data"].count('class="item ') == 20
+        assert 'aria-valuenow="70"' in whole["data"]
+        events.close()
+
+
+def test_an_item_that_changes_after_a_skip_still_arrives(web, store):
+    """A stream that fell behind (versions it never sent) gets the whole state, in which the
+    items changed meanwhile are as they are now."""
+    from headway.store import ItemProgress
+
+    job_id = with_items(store, 10)
+    have = store.get(job_id).version
+    store.update(job_id, {"progress": 3.0}, items={2: ItemProgress("file-2.jpg", 100, "done")})
+    store.update(job_id, {"progress": 4.0}, items={5: ItemProgress("file-5.jpg", 30, "running")})
+    events = open_live(web, f"job={job_id}:{have}")
+    whole = job_message(events.next_event())
+    assert whole.base is None  # two versions behind: no change to apply, the whole state
+    assert 'id="job-item-2" class="item item-done"' in whole.html
+    assert 'id="job-item-5" class="item item-running"' in whole.html
+    store.update(job_id, {"progress": 5.0}, items={2: ItemProgress("file-2.jpg", 100, "failed")})
+    change = job_message(events.next_event())
+    assert (
+        change.base == whole.version and 'id="job-item-2" class="item item-failed"' in change.html
+    )
     events.close()

@@ -18,6 +18,7 @@ from headway.limits import LimitExceeded, Limits
 from headway.settings import Settings
 from headway.store import ItemProgress, JobState, JobStore
 from headway.web.renders import SharedRenders
+from headway.web.views import JobViews
 
 log = logging.getLogger("headway.web")
 
@@ -35,6 +36,7 @@ class Services:
     hub: ChangeHub
     limits: Limits
     renders: SharedRenders
+    views: JobViews
 
 
 def services() -> Services:
@@ -161,12 +163,14 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     from headway.web import api, files, pages, streams, uploads
     from headway.web.format import register_filters
 
+    store = JobStore(client, settings)
     app.extensions["headway"] = Services(
         settings=settings,
-        store=JobStore(client, settings),
+        store=store,
         hub=ChangeHub(subscriber_client(settings.redis_url)),
         limits=Limits(client, settings),
         renders=SharedRenders(),
+        views=JobViews(store),
     )
     app.request_class = uploads.UploadRequest
     app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect

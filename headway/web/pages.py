@@ -12,6 +12,7 @@ from headway.web import (
     reap_if_stale,
     services,
 )
+from headway.web.views import render_job_progress
 from jobs import control, kinds
 
 bp = Blueprint("pages", __name__)
@@ -23,16 +24,8 @@ def render_progress(job_id: str, *, polling: bool = False) -> str:
 
 
 def render_progress_of(job, items, log_lines, *, polling=False, shared=False) -> str:
-    """`shared`: the same bytes for every watcher, so no per-visitor CSRF token in forms
-    (htmx sends the page's token as a header)."""
-    return render_template(
-        "partials/job_progress.html",
-        job=job,
-        items=items,
-        log_lines=log_lines,
-        polling=polling,
-        shared=shared,
-    )
+    log_cap = services().settings.log_lines
+    return render_job_progress(job, items, log_lines, log_cap, polling=polling, shared=shared)
 
 
 def render_row(job, *, polling: bool = False) -> str:

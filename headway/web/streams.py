@@ -20,8 +20,9 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from headway.hub import HubUnavailable
 from headway.store import FINAL_STATUSES
 from headway.web import current_owner, load_job, reap_if_stale, services
-from headway.web.pages import render_progress_of, render_row
+from headway.web.pages import render_row
 from headway.web.renders import Rendered
+from headway.web.views import JobView
 
 log = logging.getLogger("headway.streams")
 bp = Blueprint("streams", __name__)
@@ -97,22 +98,19 @@ class _Lease:
             self.limits.close_stream(self.owner, self.token)
 
 
-def _render_job(job_id: str, context) -> Callable[[float], Rendered | None]:
-    """How to read and render a job's message for every stream that watches it."""
+def stream_framing(view: JobView, html: str, as_change: bool) -> bytes:
+    """A job's own stream: `progress` (the whole region), `delta` (out-of-band swaps from
+    the version before) or, last, `done`; each with the version as its id."""
+    event = "delta" if as_change else ("done" if view.state.finished else "progress")
+    return sse(event, html, view.version).encode()
 
-    def render(read_at: float) -> Rendered | None:
-        with context():
-            state, items, log_lines = services().store.get_detail(job_id)
-            if state is None:  # removed meanwhile
-                return None
-            if reap_if_stale(state) is not state:  # just reaped: read its last words too
-                state, items, log_lines = services().store.get_detail(job_id)
-            event = "done" if state.finished else "progress"
-            html = render_progress_of(state, items, log_lines, shared=True)
-        message = sse(event, html, state.version).encode()
-        return Rendered(read_at, state.version, state.status, state.finished, message)
 
-    return render
+def live_framing(view: JobView, html: str, as_change: bool) -> bytes:
+    """`/live`: "<id> <version> <final> <base>" on the first line (base "-" for the whole
+    region, else the version the out-of-band swaps start from), the HTML after it."""
+    state = view.state
+    base = view.base if as_change else "-"
+    return sse("job", f"{state.id} {view.version} {int(state.finished)} {base}\n{html}").encode()
 
 
 @bp.get("/jobs/<job_id>/events")
@@ -124,7 +122,7 @@ def job_events(job_id: str):
     lease = _Lease(job.owner)
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
 
-    render = _render_job(job.id, _request_context())
+    context = _request_context()
 
     def generate() -> Iterator[bytes]:
         try:
@@ -134,14 +132,16 @@ def job_events(job_id: str):
                 sent = last_seen
                 fresh_since = watcher.changed_at
                 while True:
-                    state = svc.renders.get("job", job.id, fresh_since, render)
-                    if state is None:
+                    view = svc.views.get([job.id], fresh_since, context).get(job.id)
+                    if view is None:
                         return
-                    # A final state is always sent: it is what closes the browser's stream.
-                    if state.finished or sent is None or state.version > sent:
-                        yield state.message
-                        sent = state.version
-                    if state.finished:
+                    # A final state is always sent whole: it is what closes the stream.
+                    last = None if view.state.finished else sent
+                    message = view.message(stream_framing, last, context)
+                    if message is not None:
+                        yield message
+                        sent = view.version
+                    if view.state.finished:
                         return
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -183,25 +183,6 @@ def parse_watched(values: list[str]) -> dict[str, int | None]:
             abort(400, f"Not a job to watch: {value[:40]!r} (expected <job id>:<version>).")
         watched[match[1]] = int(match[2]) if match[2] else None
     return watched
-
-
-def _render_live_job(job_id: str, context) -> Callable[[float], Rendered | None]:
-    """A job's progress region addressed to it: `event: job`, then "<id> <version> <final>"
-    on the first data line and the fragment after it."""
-
-    def render(read_at: float) -> Rendered | None:
-        with context():
-            state, items, log_lines = services().store.get_detail(job_id)
-            if state is None:
-                return None
-            if reap_if_stale(state) is not state:
-                state, items, log_lines = services().store.get_detail(job_id)
-            html = render_progress_of(state, items, log_lines, shared=True)
-        head = f"{state.id} {state.version} {int(state.finished)}"
-        message = sse("job", f"{head}\n{html}").encode()
-        return Rendered(read_at, state.version, state.status, state.finished, message)
-
-    return render
 
 
 def _render_live_row(job_id: str, context) -> Callable[[float], Rendered | None]:
@@ -255,18 +236,18 @@ def live():
                 changed: set[str] | None = None  # None: look at everything
                 while True:
                     messages = []
-                    for job_id in sorted(sent):
-                        if changed is not None and job_id not in changed:
-                            continue
-                        render = _render_live_job(job_id, context)
-                        state = svc.renders.get("live-job", job_id, fresh_since, render)
-                        if state is None:
+                    look = [j for j in sorted(sent) if changed is None or j in changed]
+                    views = svc.views.get(look, fresh_since, context)
+                    for job_id in look:
+                        view = views.get(job_id)
+                        if view is None:  # removed meanwhile
                             del sent[job_id]
                             continue
-                        job_statuses[job_id] = state.status
-                        if sent[job_id] is None or state.version > sent[job_id]:
-                            messages.append(state.message)
-                            sent[job_id] = state.version
+                        job_statuses[job_id] = view.state.status
+                        message = view.message(live_framing, sent[job_id], context)
+                        if message is not None:
+                            messages.append(message)
+                            sent[job_id] = view.version
                     for job_id in row_ids:
                         if changed is not None and job_id not in changed:
                             continue
