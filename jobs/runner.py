@@ -18,6 +18,7 @@ from huey.exceptions import CancelExecution
 
 from headway.store import UpdateResult, format_log_line
 from jobs import kinds
+from jobs.bundle import build_bundle
 from jobs.kinds import JobContext, JobError
 from jobs.queue import huey, job_store
 from jobs.reporter import JobCancelled, ProgressReporter
@@ -63,6 +64,7 @@ def run_job(job_id: str, task=None) -> None:
             files = sorted((p for p in output_dir.iterdir() if p.is_file()), key=lambda p: p.name)
             if not files:
                 raise JobError("The job finished without producing a result file.")
+            build_bundle(job_dir, files)
             # Waits out a Redis outage, so that Huey's own bookkeeping after the task, and
             # the `complete` signal that marks the job succeeded, find Redis back.
             reporter.flush_final(
