@@ -44,7 +44,7 @@ from headway.web.format import filesize
 
 log = logging.getLogger("headway.uploads")
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 MAX_FORM_PARTS = 100  # parts other than chosen files: form fields, an empty file input
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FORM_BYTES = 1024 * 1024
