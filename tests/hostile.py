@@ -123,11 +123,13 @@ class RawPost:
         headers: dict[str, str],
         length: int | None = None,
         pause: float = 0.0,
+        close: bool = True,
     ):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sent = 0
         self.send_error: Exception | None = None
-        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1"]
+        lines += ["Connection: close"] if close else []
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(
             f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"

@@ -167,8 +167,8 @@ def test_a_body_over_the_kind_limit_is_stopped_where_it_crosses(server, chunked)
     else:  # declared within what the kind allows for the whole body; the files cross 1 MB
         pieces = list(multipart_pieces(boundary, visitor.token, 1_900_000))
         length = sum(len(p) for p in pieces)
-    post = raw_upload(server, visitor, "lines", pieces, boundary, length=length)
-    status, _, body = post.response()
+    post = raw_upload(server, visitor, "lines", pieces, boundary, length=length, close=False)
+    status, _, body = post.response()  # to the end: the server closes, never reads it all
     assert status == 413, body[:500]
     assert "The files add up to more than 1.0 MB, the most Count lines takes." in body
     assert post.sent < 8 * 1024 * 1024  # the read stopped: far from 200 MB
@@ -184,6 +184,7 @@ def test_a_wrong_csrf_token_is_refused_before_any_file_is_spooled(server):
         "lines",
         multipart_pieces(boundary, "forged-token", 200 * 1024 * 1024),
         boundary,
+        close=False,
     )
     status, _, body = post.response()
     assert status == 400
@@ -215,7 +216,14 @@ def test_a_trickling_body_is_ended_with_408(server):
     trickle = [head] + [b"x"] * 1000  # one byte every 0.2 s: 5 B/s
     started = time.monotonic()
     post = raw_upload(
-        server, visitor, "lines", trickle, boundary, length=len(head) + 10_000, pause=0.2
+        server,
+        visitor,
+        "lines",
+        trickle,
+        boundary,
+        length=len(head) + 10_000,
+        pause=0.2,
+        close=False,
     )
     status, _, body = post.response(timeout=30)
     assert status == 408, body[:500]
@@ -268,3 +276,25 @@ def test_concurrent_retries_make_exactly_one_new_attempt(server, store):
     owner_jobs = store.list_for_owner(store.get(job_id).owner)
     assert len(owner_jobs) == 2  # the failed job and one new attempt
     assert store.get(job_id).retried_as in {j.id for j in owner_jobs}
+
+
+def test_a_declared_length_over_the_limit_is_answered_and_the_connection_closed(server):
+    visitor = Visitor(server.url, "lines")
+    boundary = secrets.token_hex(8)
+    declared = 3 * 1024**3
+    post = raw_upload(
+        server,
+        visitor,
+        "lines",
+        (b"x" * 1024 * 1024 for _ in range(3 * 1024)),
+        boundary,
+        length=declared,
+        pause=0.01,
+        close=False,  # a keep-alive connection: the server must choose to close it
+    )
+    # Read to the end of the connection: the server closes it instead of reading 3 GB.
+    status, _, body = post.response(timeout=30)
+    assert status == 413
+    assert "The upload is larger than 1.0 MB, the most Count lines takes." in body
+    assert post.sent < 200 * 1024 * 1024
+    assert spool_files() == [] and job_files() == []

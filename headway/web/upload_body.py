@@ -165,6 +165,31 @@ def _cooperative() -> bool:
     return monkey.is_module_patched("socket")
 
 
+def discard_body(stream: BinaryIO, max_bytes: int, seconds: float) -> bool:
+    """Read and drop the rest of a body if it ends within `max_bytes` and `seconds`;
+    returns whether it did. Nothing is written anywhere."""
+    deadline = time.monotonic() + seconds
+    left = max_bytes
+    try:
+        while left > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if _cooperative():
+                import gevent
+
+                with gevent.Timeout(remaining, _TooSlow):
+                    chunk = stream.read(min(CHUNK, left))
+            else:
+                chunk = stream.read(min(CHUNK, left))
+            if not chunk:
+                return True
+            left -= len(chunk)
+    except (_TooSlow, RequestEntityTooLarge, ClientDisconnected, OSError):
+        return False
+    return False
+
+
 class BodyReader:
     """Reads one multipart body into form fields and spooled files, or raises Refused."""
 
@@ -234,31 +259,6 @@ class BodyReader:
             "the most this server accepts.",
             413,
         )
-
-    def discard_rest(self, max_bytes: int, seconds: float) -> bool:
-        """Read and drop what is left of the body, if it ends within `max_bytes` and
-        `seconds`; returns whether it did (never writes a byte anywhere)."""
-        deadline = time.monotonic() + seconds
-        left = max_bytes
-        try:
-            while left > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if _cooperative():
-                    import gevent
-
-                    with gevent.Timeout(remaining, _TooSlow):
-                        chunk = self.stream.read(min(CHUNK, left))
-                else:
-                    chunk = self.stream.read(min(CHUNK, left))
-                if not chunk:
-                    self.complete = True
-                    return True
-                left -= len(chunk)
-        except (_TooSlow, RequestEntityTooLarge, ClientDisconnected, OSError):
-            return False
-        return False
 
     # -- decoding -------------------------------------------------------------------------------
 

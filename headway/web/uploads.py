@@ -45,6 +45,7 @@ from headway.web.upload_body import (
     Spool,
     SpooledFile,
     Upload,
+    discard_body,
 )
 from jobs import control, kinds
 
@@ -134,6 +135,7 @@ def before_upload():
     kind = kinds.get((request.view_args or {}).get("slug", ""))
     length = request.content_length or 0
     if kind is not None and length > kind.max_total_bytes + MULTIPART_OVERHEAD:
+        _abandon_body()
         return _refusal(
             kind,
             None,
@@ -144,6 +146,7 @@ def before_upload():
             ),
         )
     if kind is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
+        _abandon_body()
         return _refusal(kind, None, _too_large_for_server())
     return None
 
@@ -166,6 +169,17 @@ def _abandon_body() -> None:
     body = request.environ.get("wsgi.input")
     if hasattr(body, "failed"):
         body.failed = True
+
+
+def _finish_unread_body() -> None:
+    """Before refusing a body not (wholly) read: drop a little more of it, so that a browser
+    still sending gets the answer rather than a reset; past that, close the connection."""
+    try:
+        stream = request.stream
+    except RequestEntityTooLarge:
+        stream = None
+    if stream is None or not discard_body(stream, LINGER_BYTES, LINGER_SECONDS):
+        _abandon_body()
 
 
 def _blank_form(kind: kinds.JobKind):
@@ -257,8 +271,8 @@ def _read_body(kind: kinds.JobKind, renew) -> Upload:
     try:
         return reader.read()
     except Refused:
-        if not reader.complete and not reader.discard_rest(LINGER_BYTES, LINGER_SECONDS):
-            _abandon_body()
+        if not reader.complete:
+            _finish_unread_body()
         raise
 
 
@@ -286,7 +300,7 @@ def new_job(slug: str):
                 held.callback(lease.release)
                 check_new_job(owner, address)
             except LimitExceeded as exc:
-                _abandon_body()
+                _finish_unread_body()
                 raise Refused(str(exc), exc.status, exc.retry_after) from None
             every = svc.settings.upload_rate_window / 2
             upload = _read_body(kind, lambda: lease.renew(every))
