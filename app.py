@@ -54,6 +54,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     init_app(app, settings, redis_client(settings.redis_url))
     csrf.init_app(app)  # after the web's own checks, which must run before it reads a form
+    # Uploads check their token themselves, before the first file byte is spooled: the
+    # extension would read (and spool) the whole body to find the token.
+    csrf.exempt("headway.web.uploads.new_job")
     return app
 
 

@@ -2,7 +2,7 @@
 
     python -m bench                 the full run (N = 100, 1,000, 5,000; 2 GiB upload)
     python -m bench --quick         N = 100 and 1,000, shorter phases, 256 MiB upload
-    python -m bench --only fanout   a subset: fanout, reporter, polling, upload
+    python -m bench --only fanout   a subset: fanout, reporter, polling, upload, hostile
 
 Everything runs on this machine against a private Redis on a free loopback port; each
 scenario gets a fresh web process. Tables print as they complete; the Markdown file gets
@@ -21,12 +21,13 @@ from pathlib import Path
 
 from bench import report, targets
 from bench.fanout import FanoutResult, run_fanout
+from bench.hostile import run_hostile
 from bench.polling import run_polling
 from bench.reporter_cost import run_reporter_cost
 from bench.servers import LOGS, ROOT, RedisServer, ensure_bench_requirements, raise_file_limit
 from bench.upload import run_upload
 
-SECTIONS = ("reporter", "polling", "fanout", "upload")
+SECTIONS = ("reporter", "polling", "fanout", "upload", "hostile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Plan:
     timed_writes: int
     polling_seconds: float
     upload_bytes: int
+    hostile_seconds: float
     output: Path
 
 
@@ -58,6 +60,7 @@ FULL = Plan(
     timed_writes=5000,
     polling_seconds=8.0,
     upload_bytes=2 * 1024**3,
+    hostile_seconds=20.0,
     output=ROOT / "bench" / "RESULTS.md",
 )
 QUICK = Plan(
@@ -67,6 +70,7 @@ QUICK = Plan(
     timed_writes=1000,
     polling_seconds=3.0,
     upload_bytes=256 * 1024**2,
+    hostile_seconds=8.0,
     output=ROOT / "bench" / ".work" / "RESULTS-quick.md",
 )
 
@@ -114,6 +118,15 @@ sampled every 50 ms. Kind: `archive` when it exists and takes any file that larg
 bench/upload_kind.py (any file, up to 3 GiB, loaded through HEADWAY_KIND_MODULES). No
 worker runs: the job stays queued, and the server's copy is deleted with its instance
 folder afterwards.""",
+    "hostile": """\
+One web process (gunicorn + gevent, default check pool: 2 checker processes, 10 s per
+file). Four clients post hostile uploads to the spreadsheet form back to back: two send 20
+CSV files of `,"` ×10,000 (csv.Sniffer is quadratic in its sample), two a 26 MB zip of
+300,000 empty members named as an .xlsx. One more client asks /healthz every 20 ms on a
+keep-alive connection; first alone (5 s), then for {seconds:.0f} s under the attack. Each
+upload is answered when its checks end: 303 when every file passed (each CSV's check took
+about 3 s, within its budget), 400 for the zip (not a workbook), 503 with Retry-After for an
+upload that waited more than 30 s for a free checker.""",
 }
 
 
@@ -190,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             upload = run_upload(bench_redis, plan.upload_bytes)
             out.add("Upload", NOTES["upload"] + "\n\n" + report.upload_table(upload))
             checks += targets.upload_targets(upload)
+        if "hostile" in args.only:
+            phases = run_hostile(bench_redis, plan.hostile_seconds)
+            out.add(
+                "Hostile uploads",
+                NOTES["hostile"].format(seconds=plan.hostile_seconds)
+                + "\n\n"
+                + report.hostile_table(phases),
+            )
+            checks += targets.hostile_targets(phases)
     finally:
         bench_redis.stop()
     seconds = time.monotonic() - started

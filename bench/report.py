@@ -12,6 +12,7 @@ import sys
 import psutil
 
 from bench.fanout import FanoutResult
+from bench.hostile import HealthPhase
 from bench.polling import Throughput
 from bench.reporter_cost import Cost
 from bench.upload import UploadResult
@@ -162,6 +163,22 @@ def upload_table(result: UploadResult) -> str:
         _num(result.growth_mb, 1),
     ]
     return table(headers, [row])
+
+
+def hostile_table(phases: list[HealthPhase]) -> str:
+    headers = ["/healthz", "Requests", "p50 ms", "p99 ms", "max ms", "Upload answers"]
+    rows = [
+        [
+            phase.name,
+            _num(len(phase.latencies)),
+            _num(phase.p50_ms, 1),
+            _num(phase.p99_ms, 1),
+            _num(phase.max_ms, 1),
+            ", ".join(f"{n} × {status}" for status, n in sorted(phase.uploads.items())) or "–",
+        ]
+        for phase in phases
+    ]
+    return table(headers, rows)
 
 
 def targets_table(targets: list[tuple[str, str, bool, str]]) -> str:

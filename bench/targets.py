@@ -144,6 +144,18 @@ def upload_targets(result: UploadResult) -> list[Target]:
     ]
 
 
+def hostile_targets(phases) -> list[Target]:
+    attacked = phases[-1]
+    return [
+        _target(
+            "/healthz p99 < 1 s while 4 hostile uploads run at once",
+            f"p99 {attacked.p99_ms:,.0f} ms (max {attacked.max_ms:,.0f} ms)",
+            attacked.p99_ms < 1000 and sum(attacked.uploads.values()) > 0,
+            "Something CPU-heavy ran on the event loop.",
+        )
+    ]
+
+
 def run_time_target(seconds: float) -> Target:
     return _target(
         "The whole run takes < 15 minutes",

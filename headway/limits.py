@@ -1,35 +1,93 @@
-"""Per-owner limits kept in Redis, so they hold across web processes.
+"""Limits on what one visitor, one client address and one process may hold or start.
 
-Streams open at once: a sorted set per owner of stream tokens scored by lease expiry; a
-live stream renews its lease (and the set's expiry) about once per keepalive interval,
-busy or quiet, so a process that dies leaks nothing for long.
-Jobs created per minute: a counter per owner and minute.
+Per owner (the cookie) and per client address (which a new cookie does not reset), kept in
+Redis so they hold across web processes:
+- streams and uploads open at once: a sorted set per owner or address of lease tokens
+  scored by lease expiry; a live stream (or upload) renews its lease while it lasts, so a
+  process that dies leaks nothing for long;
+- jobs started per minute: a counter per owner or address and minute;
+- jobs queued or running: the owner's job index, or a set per address of the jobs it
+  started, pruned of finished ones as it is counted.
+Per process (`ProcessCaps`): streams and uploads in flight, counted in memory. Globally:
+jobs waiting in the queue.
+
+Per-owner and per-address limits answer 429 and can be turned off (`HEADWAY_RATE_LIMITS`);
+the process and queue caps protect the server itself, answer 503 and always hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
+import threading
 import time
+from collections.abc import Callable
 
 import redis
 
 from headway.settings import Settings
 
-# KEYS: the owner's stream set. ARGV: now, lease expiry, cap, token.
-ACQUIRE_STREAM = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
-return 1
+# Take one lease in every set, or in none. KEYS: the sets. ARGV: now, lease expiry, token,
+# then each set's cap. Returns 0, or the 1-based index of the first set that is full.
+ACQUIRE_LEASES = """
+local ttl = math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[2], ARGV[3])
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
 """
 
 
 class LimitExceeded(Exception):
+    """A per-visitor or per-address limit: 429."""
+
+    status = 429
+
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerBusy(LimitExceeded):
+    """A cap that protects the server itself: 503."""
+
+    status = 503
+
+
+class Lease:
+    """Slots held in several lease sets under one token; renew while in use, then release."""
+
+    def __init__(self, limits: Limits, keys: list[str], token: str | None, seconds: float):
+        self.limits, self.keys, self.token, self.seconds = limits, keys, token, seconds
+        self.renewed = time.monotonic()
+
+    def renew(self, every: float) -> None:
+        """Extend the slots, at most once per `every` seconds; call it as often as you like."""
+        now = time.monotonic()
+        if self.token and now - self.renewed >= every:
+            self.renewed = now
+            pipe = self.limits.client.pipeline(transaction=False)
+            for key in self.keys:
+                pipe.zadd(key, {self.token: time.time() + self.seconds}, xx=True)
+                # The set must outlive its newest lease, or every slot of streams that stay
+                # open vanishes with it one lease after the last one was taken.
+                pipe.expire(key, math.ceil(self.seconds) + 1)
+            pipe.execute()
+
+    def release(self) -> None:
+        if self.token:
+            with contextlib.suppress(redis.RedisError):  # the lease expires by itself
+                pipe = self.limits.client.pipeline(transaction=False)
+                for key in self.keys:
+                    pipe.zrem(key, self.token)
+                pipe.execute()
+            self.token = None
 
 
 class Limits:
@@ -37,70 +95,192 @@ class Limits:
         self.client = client
         self.settings = settings
         self.enabled = settings.rate_limits
-        self._acquire = client.register_script(ACQUIRE_STREAM)
+        self._acquire = client.register_script(ACQUIRE_LEASES)
 
     @property
     def stream_lease(self) -> float:
         return self.settings.keepalive_seconds * 2 + 5
 
-    def open_stream(self, owner: str) -> str | None:
-        """Take a stream slot; returns its token, or raises LimitExceeded."""
+    @property
+    def upload_lease(self) -> float:
+        return self.settings.upload_rate_window * 2 + 5
+
+    def _lease(self, sets: list[tuple[str, int, str]], seconds: float) -> Lease:
+        """Take a slot in each (key, cap, message) set, or raise with the first full one's."""
         if not self.enabled:
-            return None
+            return Lease(self, [], None, seconds)
         token = secrets.token_hex(8)
         now = time.time()
-        if not self._acquire(
-            keys=[f"hw:streams:{owner}"],
-            args=[now, now + self.stream_lease, self.settings.max_streams_per_owner, token],
-        ):
+        keys = [key for key, _, _ in sets]
+        full = self._acquire(
+            keys=keys, args=[now, now + seconds, token, *(cap for _, cap, _ in sets)]
+        )
+        if full:
             raise LimitExceeded(
-                f"Too many live streams open ({self.settings.max_streams_per_owner} at most); "
-                "close some tabs.",
+                sets[int(full) - 1][2],
                 retry_after=max(1, math.ceil(self.settings.keepalive_seconds)),
             )
-        return token
+        return Lease(self, keys, token, seconds)
 
-    def renew_stream(self, owner: str, token: str | None) -> None:
-        if token:
-            key = f"hw:streams:{owner}"
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zadd(key, {token: time.time() + self.stream_lease}, xx=True)
-            # The set must outlive its newest lease, or every slot of streams that stay open
-            # vanishes with it one lease after the last stream was opened.
-            pipe.expire(key, math.ceil(self.stream_lease) + 1)
-            pipe.execute()
+    def open_stream(self, owner: str, address: str) -> Lease:
+        """Take a stream slot of the owner and of the address, or raise LimitExceeded."""
+        s = self.settings
+        return self._lease(
+            [
+                (
+                    f"hw:streams:{owner}",
+                    s.max_streams_per_owner,
+                    f"Too many live streams open ({s.max_streams_per_owner} at most); "
+                    "close some tabs.",
+                ),
+                (
+                    f"hw:streams:addr:{address}",
+                    s.max_streams_per_address,
+                    f"Too many live streams open from your address "
+                    f"({s.max_streams_per_address} at most); close some tabs.",
+                ),
+            ],
+            self.stream_lease,
+        )
 
-    def close_stream(self, owner: str, token: str | None) -> None:
-        if token:
-            self.client.zrem(f"hw:streams:{owner}", token)
+    def open_upload(self, address: str) -> Lease:
+        """Take an upload slot of the address, or raise LimitExceeded."""
+        cap = self.settings.uploads_per_address
+        return self._lease(
+            [
+                (
+                    f"hw:uploads:addr:{address}",
+                    cap,
+                    f"Too many uploads in progress from your address ({cap} at most); "
+                    "wait for one to finish.",
+                )
+            ],
+            self.upload_lease,
+        )
 
-    def _rate_key(self, owner: str, now: float) -> str:
-        return f"hw:rate:{owner}:{int(now // 60)}"
+    @staticmethod
+    def _rate_key(who: str, now: float) -> str:
+        return f"hw:rate:{who}:{int(now // 60)}"
 
-    def check_job(self, owner: str, running_now: int) -> None:
-        """Raise LimitExceeded if the owner may not start another job now."""
+    @staticmethod
+    def _address_jobs_key(address: str) -> str:
+        return f"hw:jobs:addr:{address}"
+
+    def check_job(
+        self,
+        owner: str,
+        running_now: int,
+        address: str | None = None,
+        get_many: Callable | None = None,
+    ) -> None:
+        """Raise LimitExceeded if the owner (or their address) may not start a job now."""
         if not self.enabled:
             return
-        if running_now >= self.settings.running_jobs_per_owner:
+        s = self.settings
+        if running_now >= s.running_jobs_per_owner:
             raise LimitExceeded(
                 f"You already have {running_now} jobs queued or running "
-                f"({self.settings.running_jobs_per_owner} at most); wait for one to finish.",
+                f"({s.running_jobs_per_owner} at most); wait for one to finish.",
                 retry_after=10,
             )
         now = time.time()
-        started = int(self.client.get(self._rate_key(owner, now)) or 0)
-        if started >= self.settings.jobs_per_minute:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self._rate_key(owner, now))
+        if address is not None:
+            pipe.get(self._rate_key(f"addr:{address}", now))
+        started = [int(n or 0) for n in pipe.execute()]
+        if started[0] >= s.jobs_per_minute:
             raise LimitExceeded(
-                f"Too many jobs started this minute ({self.settings.jobs_per_minute} at most).",
+                f"Too many jobs started this minute ({s.jobs_per_minute} at most).",
                 retry_after=60 - int(now % 60),
             )
+        if address is None:
+            return
+        if started[1] >= s.jobs_per_minute_per_address:
+            raise LimitExceeded(
+                f"Too many jobs started from your address this minute "
+                f"({s.jobs_per_minute_per_address} at most).",
+                retry_after=60 - int(now % 60),
+            )
+        if get_many is not None:
+            running = self.address_running(address, get_many)
+            if running >= s.running_jobs_per_address:
+                raise LimitExceeded(
+                    f"Your address already has {running} jobs queued or running "
+                    f"({s.running_jobs_per_address} at most); wait for one to finish.",
+                    retry_after=10,
+                )
 
-    def record_job(self, owner: str) -> None:
+    def address_running(self, address: str, get_many: Callable) -> int:
+        """Jobs started from the address that have not finished; forgets finished ones."""
+        key = self._address_jobs_key(address)
+        ids = self.client.zrange(key, 0, -1)
+        if not ids:
+            return 0
+        live = {job.id for job in get_many(ids) if not job.finished}
+        if gone := [i for i in ids if i not in live]:
+            self.client.zrem(key, *gone)
+        return len(live)
+
+    def record_job(self, owner: str, address: str | None = None, job_id: str | None = None):
         """Count a job that was accepted (refused uploads do not count)."""
         if not self.enabled:
             return
-        key = self._rate_key(owner, time.time())
+        now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
+        for who in [owner] + ([f"addr:{address}"] if address is not None else []):
+            key = self._rate_key(who, now)
+            pipe.incr(key)
+            pipe.expire(key, 120)
+        if address is not None and job_id is not None:
+            key = self._address_jobs_key(address)
+            pipe.zadd(key, {job_id: now})
+            pipe.expire(key, math.ceil(self.settings.retention_seconds))
         pipe.execute()
+
+    def check_queue(self, queued: int) -> None:
+        """Raise ServerBusy when the queue holds as many jobs as it may."""
+        cap = self.settings.max_queued_jobs
+        if queued >= cap:
+            raise ServerBusy(
+                f"The server has {queued} jobs waiting to start ({cap} at most); "
+                "try again in a minute.",
+                retry_after=30,
+            )
+
+
+class ProcessCaps:
+    """Streams and uploads in flight in this web process, counted in memory."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._held = {"stream": 0, "upload": 0}
+
+    def held(self, what: str) -> int:
+        return self._held[what]
+
+    def take(self, what: str) -> Callable[[], None]:
+        """Take a slot or raise ServerBusy; returns the slot's release (safe to call twice)."""
+        cap = {
+            "stream": self.settings.max_streams_per_process,
+            "upload": self.settings.max_uploads_per_process,
+        }[what]
+        with self._lock:
+            if self._held[what] >= cap:
+                raise ServerBusy(
+                    f"This server is at its limit of {cap} {what}s at once; "
+                    "try again in a few seconds.",
+                    retry_after=5,
+                )
+            self._held[what] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._held[what] -= 1
+
+        return release

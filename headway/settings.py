@@ -42,6 +42,23 @@ class Settings:
     workers: int = 2
     # (kind slug or "" for every kind, limit name) -> value, from HEADWAY_JOB_LIMITS
     job_limits: tuple[tuple[str, str, float], ...] = ()
+    # Limits per client address, which a new cookie does not reset.
+    trusted_proxies: tuple[str, ...] = ()
+    max_streams_per_address: int = 32
+    jobs_per_minute_per_address: int = 60
+    running_jobs_per_address: int = 20
+    uploads_per_address: int = 4
+    # Global caps.
+    max_streams_per_process: int = 9000
+    max_uploads_per_process: int = 64
+    max_queued_jobs: int = 1000
+    # Upload bodies and their checks.
+    upload_min_rate: int = 8192
+    upload_rate_window: float = 30.0
+    check_processes: int = 2
+    check_seconds: float = 10.0
+    check_memory_mb: int = 1024
+    check_wait_seconds: float = 30.0
 
     @property
     def heartbeat_interval(self) -> float:
@@ -75,6 +92,34 @@ class Settings:
             max_upload_bytes=_int("HEADWAY_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             workers=_int("HEADWAY_WORKERS", cls.workers),
             job_limits=parse_job_limits(os.environ.get("HEADWAY_JOB_LIMITS", "")),
+            trusted_proxies=tuple(
+                p.strip()
+                for p in os.environ.get("HEADWAY_TRUSTED_PROXIES", "").split(",")
+                if p.strip()
+            ),
+            max_streams_per_address=_int(
+                "HEADWAY_MAX_STREAMS_PER_ADDRESS", cls.max_streams_per_address
+            ),
+            jobs_per_minute_per_address=_int(
+                "HEADWAY_JOBS_PER_MINUTE_PER_ADDRESS", cls.jobs_per_minute_per_address
+            ),
+            running_jobs_per_address=_int(
+                "HEADWAY_RUNNING_JOBS_PER_ADDRESS", cls.running_jobs_per_address
+            ),
+            uploads_per_address=_int("HEADWAY_UPLOADS_PER_ADDRESS", cls.uploads_per_address),
+            max_streams_per_process=_int(
+                "HEADWAY_MAX_STREAMS_PER_PROCESS", cls.max_streams_per_process
+            ),
+            max_uploads_per_process=_int(
+                "HEADWAY_MAX_UPLOADS_PER_PROCESS", cls.max_uploads_per_process
+            ),
+            max_queued_jobs=_int("HEADWAY_MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            upload_min_rate=_int("HEADWAY_UPLOAD_MIN_RATE", cls.upload_min_rate),
+            upload_rate_window=_float("HEADWAY_UPLOAD_RATE_WINDOW", cls.upload_rate_window),
+            check_processes=_int("HEADWAY_CHECK_PROCESSES", cls.check_processes),
+            check_seconds=_float("HEADWAY_CHECK_SECONDS", cls.check_seconds),
+            check_memory_mb=_int("HEADWAY_CHECK_MEMORY_MB", cls.check_memory_mb),
+            check_wait_seconds=_float("HEADWAY_CHECK_WAIT_SECONDS", cls.check_wait_seconds),
         )
         values.update(overrides)
         if values["transport"] not in ("auto", "sse", "poll"):

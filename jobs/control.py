@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 
 from headway.store import JobState, JobStore, format_log_line, new_job_id
 from jobs import kinds
@@ -84,12 +85,58 @@ def cancel(job: JobState, store: JobStore | None = None) -> bool:
     return False
 
 
+RETRY_CLAIM_SECONDS = 60.0  # longest a retry may take to create its attempt
+RETRY_WAIT_SECONDS = 10.0  # how long a concurrent retry waits for the first one's attempt
+
+
+class RetryPending(Exception):
+    """Another request is creating the new attempt and did not finish in time."""
+
+
 def retry(job: JobState, store: JobStore | None = None) -> str:
-    """Start a new attempt of a finished job from the same inputs; returns the new job id."""
+    """Start a new attempt of a finished job from the same inputs; returns the new job id.
+
+    Any number of concurrent calls make exactly one new attempt, and all return its id.
+    """
+    return retry_once(job, store)[0]
+
+
+def retry_once(
+    job: JobState, store: JobStore | None = None, before: Callable[[], None] = lambda: None
+) -> tuple[str, bool]:
+    """`retry`, and whether this call made the attempt. `before` runs only in the call that
+    makes it (for limits: the others land on an attempt that already counts).
+
+    The first call claims the job (SET NX, with an expiry should its process die); the
+    others wait for the job's `retried_as`, or take over a claim that was given up.
+    """
+    store = store or job_store()
+    claim = f"hw:retry-claim:{job.id}"
+    deadline = time.monotonic() + RETRY_WAIT_SECONDS
+    while True:
+        current = store.get(job.id)
+        if current is not None and current.retried_as:
+            return current.retried_as, False
+        if store.client.set(claim, "1", nx=True, px=int(RETRY_CLAIM_SECONDS * 1000)):
+            break
+        if time.monotonic() > deadline:
+            raise RetryPending(job.id)
+        time.sleep(0.05)
+    try:
+        current = store.get(job.id)  # the attempt may have been made just before the claim
+        if current is not None and current.retried_as:
+            return current.retried_as, False
+        before()
+        return _new_attempt(job, store), True
+    except BaseException:
+        store.client.delete(claim)  # someone waiting may try in its place
+        raise
+
+
+def _new_attempt(job: JobState, store: JobStore) -> str:
     kind = kinds.get(job.kind)
     if kind is None:
         raise LookupError(job.kind)
-    store = store or job_store()
     new_id = new_job_id()
     source, target = store.job_dir(job.id) / "input", store.job_dir(new_id) / "input"
     if not all((source / name).is_file() for name in job.inputs):

@@ -40,6 +40,7 @@ import redis
 from headway.connection import redis_client
 from headway.settings import Settings
 from headway.store import JobStore
+from jobs.bundle import build_bundle
 from jobs.kinds import JobContext, JobError, JobKind, JobLimits
 from jobs.reporter import JobCancelled, ProgressReporter
 
@@ -342,6 +343,7 @@ def _work(attempt: Attempt) -> tuple:
             files = sorted((p for p in output.iterdir() if p.is_file()), key=lambda p: p.name)
             if not files:
                 raise JobError("The job finished without producing a result file.")
+            build_bundle(output.parent, files)  # "Download all", ready before it shows
             # Waits out a Redis outage, so that the `complete` signal that marks the job
             # succeeded finds its result written.
             reporter.flush_final(

@@ -220,13 +220,46 @@
     }
   });
 
-  // Forms answered with a refusal (400, 413, 422, 429) show the message in place.
+  // A refused upload (400, 408, 413, 422, 429, 503) comes back as the form's message region
+  // alone (HX-Retarget): the message shows next to the form, and the chosen files and
+  // options stay as they were.
+  var REFUSALS = [400, 408, 413, 422, 429, 503];
   document.addEventListener("htmx:beforeSwap", function (evt) {
-    var status = evt.detail.xhr.status;
-    if (evt.detail.target.id === "job-form" && [400, 413, 422, 429].indexOf(status) !== -1) {
+    var status = evt.detail.xhr.status, target = evt.detail.target;
+    if (target && (target.id === "form-feedback" || target.id === "job-form") &&
+        REFUSALS.indexOf(status) !== -1) {
       evt.detail.shouldSwap = true;
       evt.detail.isError = false;
     }
+  });
+
+  function formDone(form) {
+    form.querySelector("button[type=submit]").disabled = false;
+    var box = byId("upload-progress");
+    if (box) { box.hidden = true; }
+  }
+
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    var form = evt.detail.elt;
+    if (form.id === "job-form" && !evt.detail.xhr.getResponseHeader("HX-Redirect")) {
+      formDone(form);
+    }
+  });
+
+  // The server may refuse a large upload before it is all sent and close the connection;
+  // the browser then reports no answer at all.
+  document.addEventListener("htmx:sendError", function (evt) {
+    var form = evt.detail.elt, feedback = byId("form-feedback");
+    if (form.id !== "job-form" || !feedback) { return; }
+    formDone(form);
+    feedback.innerHTML = "";
+    var p = document.createElement("p");
+    p.className = "form-error";
+    p.id = "form-error";
+    p.setAttribute("role", "alert");
+    p.textContent = "The upload did not get through: the server closed the connection. " +
+      "Check the files against the limits above and try again.";
+    feedback.appendChild(p);
   });
 
   // The upload bar, while the browser sends the files.

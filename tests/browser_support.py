@@ -268,6 +268,7 @@ def live_stream_count() -> int:
     """Streams the server holds open right now, for every visitor (their stream slots)."""
     import redis
 
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
     now = time.time()
-    return sum(client.zcount(key, now, "+inf") for key in client.scan_iter("hw:streams:*"))
+    owners = [k for k in client.scan_iter("hw:streams:*") if not k.startswith("hw:streams:addr:")]
+    return sum(client.zcount(key, now, "+inf") for key in owners)

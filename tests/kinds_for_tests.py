@@ -217,3 +217,51 @@ KINDS += [
         **{**_common, "limits": JobLimits(wall=3)},
     ),
 ]
+
+
+def two_results(ctx: JobContext) -> None:
+    ctx.reporter.stage("Work", total=1)
+    ctx.output("a.txt").write_text("a\n")
+    ctx.output("b.txt").write_text("b\n")
+    ctx.reporter.advance()
+
+
+def slow_or_greedy(path) -> str | None:
+    """A deliberately bad check, steered by the file: `spin N` burns N s of CPU in pure
+    Python (holding the GIL, as csv.Sniffer does), `eat N` allocates N MB, `crash` exits."""
+    words = path.read_bytes()[:64].split()
+    if words[:1] == [b"spin"]:
+        end = time.monotonic() + float(words[1])
+        while time.monotonic() < end:
+            sum(range(1000))
+    elif words[:1] == [b"eat"]:
+        hog = bytearray(int(words[1]) * 1024 * 1024)
+        hog[-1] = 1
+    elif words[:1] == [b"crash"]:
+        import os
+
+        os._exit(3)
+    elif words[:1] == [b"refuse"]:
+        return "says so itself"
+    return None
+
+
+KINDS += [
+    JobKind(
+        slug="pair",
+        title="Two results",
+        description="Writes two files.",
+        work=two_results,
+        **_common,
+    ),
+    JobKind(
+        slug="slowcheck",
+        title="Slow check",
+        description="Its upload check takes as long as the file says.",
+        work=count_lines,
+        check_file=slow_or_greedy,
+        min_files=1,
+        max_files=30,
+        max_total_bytes=1_000_000,
+    ),
+]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from jobs.kinds import spreadsheet
 
-from . import hostile_files
+from . import hostile
 from .conftest import wait_for
 from .kind_helpers import log_messages, result_names, run_files, submit_files
 
@@ -378,9 +378,9 @@ def test_xlsx_output_moves_to_a_new_sheet_when_one_is_full(tmp_path, monkeypatch
 
 
 def test_check_file_refuses_workbooks_that_would_be_costly_to_open(tmp_path):
-    many = hostile_files.many_entries_zip(tmp_path / "many.xlsx", entries=30_000)
-    same = hostile_files.shared_strings_bomb(tmp_path / "same.xlsx")
-    distinct = hostile_files.shared_strings_bomb(
+    many = hostile.many_entry_zip(tmp_path / "many.xlsx", entries=30_000)
+    same = hostile.shared_strings_bomb(tmp_path / "same.xlsx")
+    distinct = hostile.shared_strings_bomb(
         tmp_path / "distinct.xlsx", entries=2_000_001, distinct=True
     )
     assert spreadsheet.check_file(many) == (
@@ -394,12 +394,12 @@ def test_check_file_refuses_workbooks_that_would_be_costly_to_open(tmp_path):
         "has more than 2,000,000 shared strings, more than can be read"
     )
     # Just under the limits, the same shapes are workbooks like any other.
-    fine = hostile_files.shared_strings_bomb(tmp_path / "fine.xlsx", 20_000, distinct=True)
+    fine = hostile.shared_strings_bomb(tmp_path / "fine.xlsx", 20_000, distinct=True)
     assert spreadsheet.check_file(fine) is None
 
 
 def test_a_quadratic_csv_is_detected_from_a_bounded_sample(tmp_path):
-    path = hostile_files.quadratic_csv(tmp_path / "q.csv", repeats=200_000)
+    [path] = hostile.quadratic_csvs(tmp_path, count=1, repeats=200_000)
     assert len(spreadsheet.decode_sample(path.read_bytes()[:65536], "utf-8")) > 4 * 4096
     assert spreadsheet.check_file(path) is None  # a (strange) table, read in bounded time
 
@@ -410,8 +410,8 @@ def test_bombs_fail_alone_within_their_limits(store, worker_process, tmp_path):
     strings bomb and the wide sheet each fail with a plain message; the worker stays small,
     and a job submitted at the same time succeeds."""
     worker = psutil.Process(worker_process().pid)
-    bomb = hostile_files.shared_strings_bomb(tmp_path / "bomb.xlsx")
-    wide = hostile_files.wide_sheet(tmp_path / "wide.xlsx")
+    bomb = hostile.shared_strings_bomb(tmp_path / "bomb.xlsx")
+    wide = hostile.wide_sheet(tmp_path / "wide.xlsx")
     plain = tmp_path / "plain.csv"
     plain.write_text("a,b\n1,2\n")
     ids = [submit_files(store, "spreadsheet", [path]) for path in (bomb, wide, plain)]
@@ -451,7 +451,7 @@ def test_a_cell_of_thousands_of_digits_stays_text(store, consumer, tmp_path):
 
 
 def test_formulas_come_out_inert_in_csv(store, consumer, tmp_path):
-    source = hostile_files.formula_table(tmp_path / "formulas.csv", "csv")
+    source = hostile.formula_table(tmp_path / "formulas.csv", "csv")
     job, output = run_files(store, "spreadsheet", [source], output_format="csv")
     assert job.status == "succeeded", job.error
     with (output / "formulas.csv").open(newline="") as f:
@@ -472,7 +472,7 @@ def test_formulas_come_out_inert_in_csv(store, consumer, tmp_path):
 
 @pytest.mark.parametrize("suffix", ["csv", "xlsx"])
 def test_formulas_come_out_inert_in_xlsx(store, consumer, tmp_path, suffix):
-    source = hostile_files.formula_table(tmp_path / f"formulas.{suffix}", suffix)
+    source = hostile.formula_table(tmp_path / f"formulas.{suffix}", suffix)
     job, output = run_files(store, "spreadsheet", [source], output_format="xlsx")
     assert job.status == "succeeded", job.error
     book = openpyxl.load_workbook(output / "formulas.xlsx")

@@ -146,3 +146,27 @@ def test_retry_of_a_job_whose_inputs_are_gone_is_refused(store, consumer):
     with pytest.raises(control.InputsGone):
         control.retry(job)
     assert store.get(job.id).retried_as == ""
+
+
+def test_the_worker_builds_the_download_all_zip_before_the_job_succeeds(store, consumer):
+    import zipfile
+
+    job = final(store, submit(store, slug="pair"))
+    assert job.status == "succeeded"
+    bundle = store.job_dir(job.id) / "all-files.zip"
+    with zipfile.ZipFile(bundle) as zf:
+        assert sorted(zf.namelist()) == ["a.txt", "b.txt"]
+        assert zf.read("b.txt") == b"b\n"
+    assert [f["name"] for f in job.files] == ["a.txt", "b.txt"]  # the zip is not a result
+    single = final(store, submit(store, steps=1))
+    assert not (store.job_dir(single.id) / "all-files.zip").exists()  # one result: no zip
+
+
+def test_concurrent_retries_of_one_job_make_one_attempt(store, consumer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    old = final(store, submit(store, steps=3, fail_at=0))
+    with ThreadPoolExecutor(8) as pool:
+        new_ids = set(pool.map(lambda _: control.retry(old), range(8)))
+    assert len(new_ids) == 1 and store.get(old.id).retried_as in new_ids
+    assert len(store.list_for_owner("owner-a")) == 2

@@ -101,17 +101,26 @@ def test_downloads_are_attachments_with_ranges_and_conditional_requests(store):
         assert again.status_code == 304
 
 
-def test_download_all_bundles_every_result(store):
+def test_download_all_serves_the_bundle_the_worker_built_and_never_builds_one(store):
     import io
     import zipfile
 
+    from jobs.bundle import build_bundle
+
     job_id = finished_job(store)
-    (store.job_dir(job_id) / "output" / "two.txt").write_text("2")
+    output = store.job_dir(job_id) / "output"
+    (output / "two.txt").write_text("2")
     store.client.hset(
         store.key(job_id),
         "files",
         '[{"name": "result.txt", "size": 14}, {"name": "two.txt", "size": 1}]',
     )
+    missing = client_for(OWNER).get(f"/jobs/{job_id}/all-files.zip")
+    assert missing.status_code == 404
+    assert "This job has no zip of all its files" in missing.text
+    assert not (store.job_dir(job_id) / "all-files.zip").exists()  # not built by the request
+
+    build_bundle(store.job_dir(job_id), [output / "result.txt", output / "two.txt"])
     with client_for(OWNER).get(f"/jobs/{job_id}/all-files.zip") as response:
         assert response.status_code == 200
         data = response.data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import secrets
 import time
@@ -14,9 +15,10 @@ from werkzeug.exceptions import HTTPException
 
 from headway.connection import subscriber_client
 from headway.hub import ChangeHub, HubUnavailable
-from headway.limits import LimitExceeded, Limits
+from headway.limits import LimitExceeded, Limits, ProcessCaps
 from headway.settings import Settings
 from headway.store import ItemProgress, JobState, JobStore
+from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.renders import SharedRenders
 from headway.web.views import JobViews
 
@@ -37,6 +39,9 @@ class Services:
     limits: Limits
     renders: SharedRenders
     views: JobViews
+    caps: ProcessCaps
+    checks: CheckPool
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 def services() -> Services:
@@ -50,6 +55,43 @@ def is_htmx() -> bool:
 
 def current_owner() -> str | None:
     return session.get("owner")
+
+
+def client_address() -> str:
+    """The client's address, which limits count by (a new cookie does not change it).
+
+    `X-Forwarded-For` counts only when the peer is a trusted proxy: then the client is the
+    rightmost hop that is not one of ours. IPv6 clients count by their /64, which one
+    machine usually holds whole.
+    """
+    peer = request.remote_addr or ""
+    trusted = services().trusted_proxies
+    if trusted and _is_trusted(peer, trusted):
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not _is_trusted(hop, trusted):
+                peer = hop
+                break
+    address = _ip(peer)
+    if address is None:
+        return "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, an IPv4-mapped IPv6 address as the IPv4 one it is; None if malformed."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _is_trusted(peer: str, trusted) -> bool:
+    address = _ip(peer)
+    return address is not None and any(address in network for network in trusted)
 
 
 def ensure_owner() -> None:
@@ -81,6 +123,21 @@ def load_job_detail(job_id: str) -> tuple[JobState, list[ItemProgress], list[dic
     if reap_if_stale(job) is not job:  # just reaped: read its last words too
         job, items, log_lines = store.get_detail(job_id)
     return job, items, log_lines
+
+
+def check_new_job(owner: str | None, address: str) -> None:
+    """Raise LimitExceeded (429, or 503 for the queue's cap) if no job may start now."""
+    from jobs.queue import huey
+
+    svc = services()
+    svc.limits.check_queue(huey.pending_count())
+    if owner is not None:
+        svc.limits.check_job(
+            owner,
+            running_now=svc.store.owner_running_count(owner),
+            address=address,
+            get_many=svc.store.get_many,
+        )
 
 
 def reap_if_stale(job: JobState) -> JobState:
@@ -144,7 +201,8 @@ def register_errors(app: Flask) -> None:
 
     @app.errorhandler(LimitExceeded)
     def limit_exceeded(exc: LimitExceeded):
-        return error_response(429, "Slow down", str(exc), {"Retry-After": str(exc.retry_after)})
+        title = "Slow down" if exc.status == 429 else "Busy"
+        return error_response(exc.status, title, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(HubUnavailable)
@@ -171,13 +229,25 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
         limits=Limits(client, settings),
         renders=SharedRenders(),
         views=JobViews(store),
+        caps=ProcessCaps(settings),
+        checks=shared_pool(
+            CheckLimits(
+                processes=max(1, settings.check_processes),
+                seconds=settings.check_seconds,
+                memory_bytes=settings.check_memory_mb * 1024**2,
+                wait_seconds=settings.check_wait_seconds,
+            )
+        ),
+        trusted_proxies=tuple(
+            ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies
+        ),
     )
-    app.request_class = uploads.UploadRequest
+    uploads.spool(app).sweep()  # what a crashed process left behind
     app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect
     app.jinja_env.trim_blocks = True  # smaller fragments on the wire
     app.jinja_env.lstrip_blocks = True
     app.before_request(ensure_owner)
-    app.before_request(uploads.refuse_oversized_upload)  # before CSRF reads the body
+    app.before_request(uploads.before_upload)  # before CSRF could read any body
     app.after_request(security_headers)
     register_errors(app)
     register_filters(app)

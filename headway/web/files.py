@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import mimetypes
-import os
-import tempfile
-import zipfile
-from pathlib import Path
 
 from flask import Blueprint, abort, send_file
 
-from headway.web import load_job, services
+from headway.web import error_response, load_job, services
+from jobs.bundle import bundle_path
 
 bp = Blueprint("files", __name__)
 
@@ -36,19 +33,15 @@ def download(job_id: str, name: str):
 
 @bp.get("/jobs/<job_id>/all-files.zip")
 def download_all(job_id: str):
-    """Every result of the job in one zip, built once and kept beside the results."""
+    """Every result of the job in one zip, built by the worker when the job ended."""
     job = load_job(job_id)
+    bundle = bundle_path(services().store.job_dir(job.id))
     if job.status != "succeeded" or len(job.files) < 2:
         abort(404)
-    job_dir = services().store.job_dir(job.id)
-    bundle = job_dir / "all-files.zip"
-    if not bundle.exists():
-        fd, name = tempfile.mkstemp(dir=job_dir, prefix=".all-files.", suffix=".zip")
-        partial = Path(name)
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as zf:
-            for f in job.files:
-                zf.write(job_dir / "output" / f["name"], f["name"])
-        os.replace(partial, bundle)
+    if not bundle.is_file():  # a job that ended before bundles were built by workers
+        return error_response(
+            404, "Not Found", "This job has no zip of all its files; download them one by one."
+        )
     return send_file(
         bundle,
         as_attachment=True,

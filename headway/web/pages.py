@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
 from headway.web import (
+    check_new_job,
+    client_address,
     current_owner,
     is_htmx,
     load_job,
@@ -107,10 +109,16 @@ def retry(job_id: str):
     if job.retried_as:
         return _after_action(job.id, job.retried_as)
     svc = services()
-    svc.limits.check_job(job.owner, running_now=svc.store.owner_running_count(job.owner))
+    address = client_address()
     try:
-        new_id = control.retry(job, svc.store)
+        # Concurrent clicks make one attempt; all of them land on it.
+        new_id, made = control.retry_once(
+            job, svc.store, before=lambda: check_new_job(job.owner, address)
+        )
     except control.InputsGone:
         abort(409, "This job's files are no longer kept, so it cannot be retried; start a new job.")
-    svc.limits.record_job(job.owner)
+    except control.RetryPending:
+        abort(409, "A retry of this job is still being started; reload the page in a moment.")
+    if made:
+        svc.limits.record_job(job.owner, address, new_id)
     return _after_action(job.id, new_id)

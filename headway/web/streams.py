@@ -8,7 +8,6 @@ each message is the freshly rendered fragment, with the record's version.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -19,7 +18,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 
 from headway.hub import HubUnavailable
 from headway.store import FINAL_STATUSES
-from headway.web import current_owner, load_job, reap_if_stale, services
+from headway.web import client_address, current_owner, load_job, reap_if_stale, services
 from headway.web.pages import render_row
 from headway.web.renders import Rendered
 from headway.web.views import JobView
@@ -75,27 +74,36 @@ def _request_context():
 
 
 class _Lease:
-    """A per-owner stream slot, renewed while the stream lives, released when it ends."""
+    """A stream's slots: per owner and per address (in Redis, renewed while the stream
+    lives) and one of this process's; all released when it ends, however it ends."""
 
     def __init__(self, owner: str):
-        self.limits = services().limits
-        self.owner = owner
-        self.token = self.limits.open_stream(owner)
-        self.renewed = time.monotonic()
+        svc = services()
+        self.keepalive = svc.settings.keepalive_seconds
+        self._release_slot = svc.caps.take("stream")
+        try:
+            self.lease = svc.limits.open_stream(owner, client_address())
+        except BaseException:
+            self._release_slot()
+            raise
 
     def renew(self) -> None:
-        """Extend the slot, at most once per keepalive interval; call it on every pass.
+        """Extend the slots, at most once per keepalive interval; call it on every pass.
 
-        A busy stream sends no keepalives, and its slot must not lapse for that.
+        A busy stream sends no keepalives, and its slots must not lapse for that.
         """
-        now = time.monotonic()
-        if now - self.renewed >= self.limits.settings.keepalive_seconds:
-            self.limits.renew_stream(self.owner, self.token)
-            self.renewed = now
+        self.lease.renew(self.keepalive)
 
     def release(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # the lease expires by itself
-            self.limits.close_stream(self.owner, self.token)
+        self._release_slot()
+        self.lease.release()
+
+    def response(self, generate: Iterator[bytes]) -> Response:
+        """The stream's response; its slots go when the server closes it, even if it was
+        never iterated (a browser that left before the first byte)."""
+        response = _stream(generate)
+        response.call_on_close(self.release)
+        return response
 
 
 def stream_framing(view: JobView, html: str, as_change: bool) -> bytes:
@@ -160,7 +168,7 @@ def job_events(job_id: str):
         finally:
             lease.release()
 
-    return _stream(generate())
+    return lease.response(generate())
 
 
 def _row_messages(job_id: str, state: Rendered, statuses: dict[str, str]) -> bytes:
@@ -287,4 +295,4 @@ def live():
         finally:
             lease.release()
 
-    return _stream(generate())
+    return lease.response(generate())

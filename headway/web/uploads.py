@@ -1,22 +1,24 @@
 """New jobs from upload forms: files stream to disk, are checked by content, then queued.
 
-Nothing is half-written: the job's folder is filled first and removed again on any refusal,
-and the record is created only once every file has been accepted.
+Every limit holds before or while the body streams in (headway/web/upload_body.py); the
+kind's content checks run in the checker processes (headway/web/checks.py), never on the
+event loop. Nothing is half-written: the job's folder is filled first and removed again on
+any refusal, and the record is created only once every file has been accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 
 from flask import (
     Blueprint,
-    Request,
+    Flask,
     Response,
     abort,
     current_app,
@@ -25,47 +27,38 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.datastructures import FileStorage
+from flask_wtf.csrf import validate_csrf
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
+from wtforms import ValidationError
 
+from headway.limits import LimitExceeded
 from headway.store import new_job_id
-from headway.web import current_owner, is_htmx, services
+from headway.web import check_new_job, client_address, current_owner, is_htmx, services
+from headway.web.checks import ChecksBusy
 from headway.web.format import filesize
+from headway.web.upload_body import (
+    MAX_FORM_BYTES,
+    BodyLimits,
+    BodyReader,
+    Refused,
+    Spool,
+    SpooledFile,
+    Upload,
+    discard_body,
+)
 from jobs import control, kinds
 
 bp = Blueprint("uploads", __name__)
 
 MAX_NAME_BYTES = 120
 MULTIPART_OVERHEAD = 1024 * 1024  # room for form fields and part headers
-
-
-class UploadRequest(Request):
-    """Writes every uploaded file straight to disk, beside the job folders.
-
-    Keeping the spool on the same filesystem lets an accepted file become a job input by a
-    hard link instead of a copy.
-    """
-
-    def _get_file_stream(
-        self, total_content_length, content_type, filename=None, content_length=None
-    ):
-        spool = services().settings.instance_path / "uploads"
-        spool.mkdir(parents=True, exist_ok=True)
-        stream = tempfile.NamedTemporaryFile("wb+", dir=spool, prefix="upload-")  # noqa: SIM115
-        self.__dict__.setdefault("_spooled", []).append(stream)
-        return stream
-
-    def close(self) -> None:
-        """Remove every spooled file, those of a refused or cut-off upload included."""
-        super().close()
-        for stream in self.__dict__.pop("_spooled", []):
-            stream.close()
-
-
-class Refused(Exception):
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+SMALL_BODY = 64 * 1024  # any other form (cancel, retry) is a token and a flag or two
+# After refusing an upload mid-body, read (and drop) a little more of it: a browser that is
+# still sending when the connection closes may see a reset instead of the answer. A body
+# longer than this still ends with the connection.
+LINGER_BYTES = 2 * 1024 * 1024
+LINGER_SECONDS = 1.0
 
 
 def safe_name(raw: str, index: int) -> str:
@@ -93,75 +86,100 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _chosen_files() -> list[FileStorage]:
-    # A form submitted with no file chosen still sends one empty part without a name.
-    return [f for f in request.files.getlist("files") if f.filename]
+def spool(app: Flask | None = None) -> Spool:
+    """The process's upload spool, beside the job folders."""
+    app = app or current_app
+    if "headway_spool" not in app.extensions:
+        folder = app.extensions["headway"].settings.instance_path / "uploads"
+        app.extensions["headway_spool"] = Spool(folder)
+    return app.extensions["headway_spool"]
 
 
-def save_inputs(kind: kinds.JobKind, job_dir: Path, uploads: list[FileStorage]) -> list[str]:
-    """Check counts, sizes and contents, and place the files; raises Refused."""
-    if len(uploads) < kind.min_files:
+def save_inputs(kind: kinds.JobKind, job_dir: Path, files: list[SpooledFile]) -> list[str]:
+    """Check counts and contents (in the checker processes) and place the files; raises
+    Refused. The spool's files become the job's inputs by hard links."""
+    if len(files) < kind.min_files:
         raise Refused(f"Choose at least {kind.min_files} file{'s' * (kind.min_files > 1)}.")
-    if len(uploads) > kind.max_files:
-        raise Refused(
-            f"Too many files: {len(uploads)} chosen, {kind.title} takes at most {kind.max_files}."
-        )
     input_dir = job_dir / "input"
     input_dir.mkdir(parents=True)
     names: list[str] = []
-    total = 0
-    for index, upload in enumerate(uploads):
-        name = _unique(safe_name(upload.filename or "", index), set(names))
-        target = input_dir / name
-        spooled = getattr(upload.stream, "name", None)
-        if isinstance(spooled, str) and os.path.exists(spooled):
-            upload.stream.flush()
-            os.link(spooled, target)
-        else:
-            upload.save(target)
-        size = target.stat().st_size
-        total += size
-        if size == 0:
+    for index, upload in enumerate(files):
+        name = _unique(safe_name(upload.filename, index), set(names))
+        if upload.size == 0:
             raise Refused(f"“{name}” is empty.")
-        if total > kind.max_total_bytes:
-            raise Refused(
-                f"The files add up to more than {filesize(kind.max_total_bytes)}, "
-                f"the most {kind.title} takes.",
-                status=413,
-            )
-        if kind.check_file is not None and (reason := kind.check_file(target)):
-            raise Refused(f"“{name}” was refused: {reason}.")
+        target = input_dir / name
+        try:
+            os.link(upload.path, target)
+        except OSError:
+            shutil.copyfile(upload.path, target)
         names.append(name)
+    if kind.check_file is not None:
+        for name in names:
+            try:
+                reason = services().checks.check(kind.slug, str(input_dir / name))
+            except ChecksBusy as busy:
+                raise Refused(str(busy), 503, busy.retry_after) from None
+            if reason:
+                raise Refused(f"“{name}” was refused: {reason}.")
     return names
 
 
-def refuse_oversized_upload():
-    """Refuse an upload by its declared length, before anything (CSRF included) reads it."""
-    if request.method != "POST" or request.endpoint != "uploads.new_job":
+def before_upload():
+    """Refuse an upload by its declared length, before anything reads it; keep other
+    forms (read whole by CSRF protection) small."""
+    if request.method != "POST":
+        return None
+    if request.endpoint != "uploads.new_job":
+        request.max_content_length = SMALL_BODY
         return None
     kind = kinds.get((request.view_args or {}).get("slug", ""))
     length = request.content_length or 0
     if kind is not None and length > kind.max_total_bytes + MULTIPART_OVERHEAD:
-        return _form_response(
+        _abandon_body()
+        return _refusal(
             kind,
-            _blank_form(kind),
-            f"The upload is larger than {filesize(kind.max_total_bytes)}, "
-            f"the most {kind.title} takes.",
-            413,
+            None,
+            Refused(
+                f"The upload is larger than {filesize(kind.max_total_bytes)}, "
+                f"the most {kind.title} takes.",
+                413,
+            ),
         )
     if kind is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
-        return _too_large_for_server(kind)
+        _abandon_body()
+        return _refusal(kind, None, _too_large_for_server())
     return None
 
 
-def _too_large_for_server(kind: kinds.JobKind):
-    return _form_response(
-        kind,
-        _blank_form(kind),
+def _too_large_for_server() -> Refused:
+    return Refused(
         f"The upload is larger than {filesize(current_app.config['MAX_CONTENT_LENGTH'])}, "
         "the most this server accepts.",
         413,
     )
+
+
+def _abandon_body() -> None:
+    """Close the connection after this answer instead of reading the rest of the body.
+
+    gunicorn reads (and discards) a body the app left unread before it serves the next
+    request on the connection, without a limit; a body it could not read ends the
+    connection instead.
+    """
+    body = request.environ.get("wsgi.input")
+    if hasattr(body, "failed"):
+        body.failed = True
+
+
+def _finish_unread_body() -> None:
+    """Before refusing a body not (wholly) read: drop a little more of it, so that a browser
+    still sending gets the answer rather than a reset; past that, close the connection."""
+    try:
+        stream = request.stream
+    except RequestEntityTooLarge:
+        stream = None
+    if stream is None or not discard_body(stream, LINGER_BYTES, LINGER_SECONDS):
+        _abandon_body()
 
 
 def _blank_form(kind: kinds.JobKind):
@@ -181,6 +199,83 @@ def _form_response(kind, form, error: str | None, status: int = 200):
     return render_template(template, kind=kind, form=form, error=error), status
 
 
+def _refusal(kind, form, refusal: Refused):
+    """The refusal next to the form. An htmx submission gets only the message region, so
+    the files and options the person chose stay as they are; without JavaScript the whole
+    form comes back, filled in, saying what to fix."""
+    if is_htmx():
+        response = current_app.response_class(
+            render_template(
+                "partials/form_feedback.html", error=str(refusal), problems=refusal.problems
+            ),
+            status=refusal.status,
+            headers={"HX-Retarget": "#form-feedback", "HX-Reswap": "outerHTML"},
+        )
+    else:
+        if form is None and kind.options is not None:
+            form = kind.options(refusal.fields) if refusal.fields else kind.options()
+        html = render_template("jobs/new.html", kind=kind, form=form, error=str(refusal))
+        response = current_app.response_class(html, status=refusal.status)
+    if refusal.retry_after is not None:
+        response.headers["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
+def _csrf_problem(token: str | None) -> str | None:
+    if not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return None
+    try:
+        validate_csrf(token)
+    except ValidationError as exc:
+        return f"Form expired or forged: {exc} Reload the page and try again."
+    return None
+
+
+def _read_body(kind: kinds.JobKind, renew) -> Upload:
+    """The form fields and spooled files; raises Refused."""
+    settings = services().settings
+    mimetype, options = request.mimetype, request.mimetype_params
+    header_token = request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
+    if mimetype == "application/x-www-form-urlencoded":  # a form without files
+        request.max_content_length = MAX_FORM_BYTES
+        try:
+            fields = MultiDict(request.form)
+        except RequestEntityTooLarge:
+            raise Refused("The form is too large.", 413) from None
+        if problem := _csrf_problem(header_token or fields.get("csrf_token")):
+            raise Refused(problem)
+        return Upload(fields, [])
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        if problem := _csrf_problem(header_token):
+            raise Refused(problem)
+        raise Refused("The upload must be sent as multipart/form-data.", 400)
+    reader = BodyReader(
+        request.stream,
+        options["boundary"],
+        BodyLimits(
+            kind_title=kind.title,
+            max_files=kind.max_files,
+            max_file_bytes=kind.max_total_bytes,
+            max_body_bytes=min(
+                current_app.config["MAX_CONTENT_LENGTH"],
+                kind.max_total_bytes + MULTIPART_OVERHEAD,
+            ),
+            min_rate=settings.upload_min_rate,
+            window=settings.upload_rate_window,
+        ),
+        spool(),
+        _csrf_problem,
+        header_token,
+        on_progress=renew,
+    )
+    try:
+        return reader.read()
+    except Refused:
+        if not reader.complete:
+            _finish_unread_body()
+        raise
+
+
 @bp.route("/jobs/new/<slug>", methods=["GET", "POST"])
 def new_job(slug: str):
     """The upload form of a job kind; a valid submission creates the job and goes to its page."""
@@ -191,37 +286,55 @@ def new_job(slug: str):
         return _form_response(kind, _blank_form(kind), None)
 
     svc = services()
+    spool().sweep_if_due()
+    owner, address = current_owner(), client_address()
+    form = None
+    upload: Upload | None = None
+    job_dir = None
     try:
-        form = kind.options(request.form) if kind.options else None
-        uploads = _chosen_files()
-    except RequestEntityTooLarge:  # a body longer than it said (or of unknown length)
-        return _too_large_for_server(kind)
-    if form is not None and not form.validate():
-        return _form_response(kind, form, "Please correct the highlighted fields.", 400)
-
-    owner = current_owner()
-    svc.limits.check_job(owner, running_now=svc.store.owner_running_count(owner))
-    job_id = new_job_id()
-    job_dir = svc.store.job_dir(job_id)
-    try:
-        names = save_inputs(kind, job_dir, uploads)
-        params = json.loads(json.dumps(form.data if form else {}, default=str))
-        control.submit(
-            kind,
-            job_id=job_id,
-            owner=owner,
-            title=_title(kind, names),
-            params=params,
-            inputs=names,
-            store=svc.store,
-        )
+        with contextlib.ExitStack() as held:
+            try:
+                # Everything that can refuse without the body is asked before reading it.
+                held.callback(svc.caps.take("upload"))
+                lease = svc.limits.open_upload(address)
+                held.callback(lease.release)
+                check_new_job(owner, address)
+            except LimitExceeded as exc:
+                _finish_unread_body()
+                raise Refused(str(exc), exc.status, exc.retry_after) from None
+            every = svc.settings.upload_rate_window / 2
+            upload = _read_body(kind, lambda: lease.renew(every))
+            form = kind.options(upload.fields) if kind.options else None
+            if form is not None and not form.validate():
+                problems = [
+                    f"{field.label.text}: {message}" for field in form for message in field.errors
+                ]
+                raise Refused("Please correct the highlighted fields.", problems=problems)
+            job_id = new_job_id()
+            job_dir = svc.store.job_dir(job_id)
+            names = save_inputs(kind, job_dir, upload.files)
+            params = json.loads(json.dumps(form.data if form else {}, default=str))
+            control.submit(
+                kind,
+                job_id=job_id,
+                owner=owner,
+                title=_title(kind, names),
+                params=params,
+                inputs=names,
+                store=svc.store,
+            )
     except Refused as refusal:
-        shutil.rmtree(job_dir, ignore_errors=True)
-        return _form_response(kind, form, str(refusal), refusal.status)
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        return _refusal(kind, form, refusal)
     except BaseException:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
         raise
-    svc.limits.record_job(owner)
+    finally:
+        if upload is not None:
+            upload.discard()  # accepted files live on as hard links in the job folder
+    svc.limits.record_job(owner, address, job_id)
     page = url_for("pages.job_page", job_id=job_id)
     if is_htmx():
         return Response(headers={"HX-Redirect": page})

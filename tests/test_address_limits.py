@@ -1,0 +1,119 @@
+"""Limits that a new cookie does not reset (per client address, X-Forwarded-For only from
+trusted proxies) and caps that protect the server itself (429 and 503, with Retry-After)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+from jobs import control, kinds
+
+FORM = {"steps": "3", "delay": "0", "fail_at": "-1"}
+
+
+def app_with(**config):
+    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, **config})
+
+
+def fresh_visitor(app, address="203.0.113.7", forwarded=None):
+    """A client with no cookie yet: every request from it starts as a new visitor."""
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    client = app.test_client(use_cookies=False)
+    client.environ_base.update(REMOTE_ADDR=address)
+    return client, headers
+
+
+def start_job(app, **kwargs):
+    client, headers = fresh_visitor(app, **kwargs)
+    return client.post("/jobs/new/steps", data=FORM, headers=headers)
+
+
+def test_new_cookies_do_not_reset_the_jobs_per_minute_of_an_address(store):
+    app = app_with(JOBS_PER_MINUTE_PER_ADDRESS=3, RUNNING_JOBS_PER_ADDRESS=100)
+    assert [start_job(app).status_code for _ in range(3)] == [303] * 3
+    response = start_job(app)
+    assert response.status_code == 429
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+    assert "Too many jobs started from your address this minute (3 at most)." in response.text
+    assert start_job(app, address="203.0.113.8").status_code == 303  # another address
+
+
+def test_new_cookies_do_not_reset_the_running_jobs_of_an_address(store):
+    app = app_with(RUNNING_JOBS_PER_ADDRESS=2)
+    assert [start_job(app).status_code for _ in range(2)] == [303] * 2
+    response = start_job(app)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "10"
+    assert "Your address already has 2 jobs queued or running (2 at most)" in response.text
+    for job_id in store.client.zrange("hw:jobs:addr:203.0.113.7", 0, -1):
+        control.cancel(store.get(job_id), store)
+    assert start_job(app).status_code == 303  # finished jobs no longer count
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(store):
+    untrusted = app_with(JOBS_PER_MINUTE_PER_ADDRESS=1)
+    assert start_job(untrusted, forwarded="198.51.100.1").status_code == 303
+    # A client cannot claim to be someone else by sending the header itself.
+    assert start_job(untrusted, forwarded="198.51.100.2").status_code == 429
+
+    behind = app_with(JOBS_PER_MINUTE_PER_ADDRESS=1, TRUSTED_PROXIES=("10.0.0.0/8",))
+    proxy = "10.1.2.3"
+    assert start_job(behind, address=proxy, forwarded="198.51.100.3").status_code == 303
+    assert start_job(behind, address=proxy, forwarded="198.51.100.4").status_code == 303
+    # The rightmost hop that is not a proxy of ours is the client; what it claims is not.
+    spoofed = "198.51.100.3, 198.51.100.5, 10.9.9.9"
+    assert start_job(behind, address=proxy, forwarded=spoofed).status_code == 303
+    assert start_job(behind, address=proxy, forwarded="1.1.1.1, 198.51.100.5").status_code == 429
+
+
+def test_ipv6_clients_count_by_their_64(store):
+    app = app_with(JOBS_PER_MINUTE_PER_ADDRESS=1)
+    assert start_job(app, address="2001:db8:1:2::1").status_code == 303
+    assert start_job(app, address="2001:db8:1:2::ffff").status_code == 429
+    assert start_job(app, address="2001:db8:1:3::1").status_code == 303
+
+
+def test_streams_per_address_without_cookies(store):
+    app = app_with(MAX_STREAMS_PER_ADDRESS=3)
+    opened = []
+    for _ in range(3):
+        client, _ = fresh_visitor(app)
+        opened.append(client.get("/events", buffered=False))
+    assert [r.status_code for r in opened] == [200] * 3
+    client, _ = fresh_visitor(app)
+    refused = client.get("/events")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "from your address (3 at most)" in refused.text
+    opened.pop().close()  # a stream that ends frees its slot
+    assert client.get("/events", buffered=False).status_code == 200
+
+
+def test_the_process_stream_cap_is_503_even_with_limits_off(store):
+    app = app_with(MAX_STREAMS_PER_PROCESS=2, RATE_LIMITS=False)
+    opened = [fresh_visitor(app)[0].get("/events", buffered=False) for _ in range(2)]
+    refused = fresh_visitor(app)[0].get("/events")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert "limit of 2 streams at once" in refused.text
+    opened[0].close()
+    assert fresh_visitor(app)[0].get("/events", buffered=False).status_code == 200
+
+
+def test_a_stream_never_iterated_still_gives_its_slot_back(store):
+    app = app_with(MAX_STREAMS_PER_PROCESS=1)
+    fresh_visitor(app)[0].get("/events", buffered=False).close()
+    assert app.extensions["headway"].caps.held("stream") == 0
+
+
+@pytest.mark.parametrize("setting", ["MAX_UPLOADS_PER_PROCESS", "UPLOADS_PER_ADDRESS"])
+def test_upload_caps_refuse_before_reading_the_body(store, setting):
+    response = start_job(app_with(**{setting: 0}))
+    status = 503 if setting == "MAX_UPLOADS_PER_PROCESS" else 429
+    assert response.status_code == status and "Retry-After" in response.headers
+    assert not store.list_for_owner("x")
+
+
+def test_a_full_queue_is_503(store):
+    kind = kinds.get("steps")
+    control.submit(kind, job_id="a" * 32, owner="o", title="t", params={}, inputs=[])
+    response = start_job(app_with(MAX_QUEUED_JOBS=1, RATE_LIMITS=False))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert "jobs waiting to start (1 at most)" in response.text
