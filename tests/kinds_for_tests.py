@@ -265,3 +265,31 @@ KINDS += [
         max_total_bytes=1_000_000,
     ),
 ]
+
+
+def many_items(ctx: JobContext) -> None:
+    """`steps` items, each pending, then running, then done (every 97th fails), with a log
+    line each: what a large batch (500 images) looks like on its page."""
+    r, count, delay = ctx.reporter, ctx.params["steps"], ctx.params["delay"]
+    r.stage("Work", total=count)
+    for i in range(count):
+        r.item(i, f"photo-{i:03}.jpg", 0, "pending")
+    for i in range(count):
+        r.item(i, f"photo-{i:03}.jpg", 50, "running")
+        time.sleep(delay)
+        failed = i % 97 == 96
+        r.item(i, f"photo-{i:03}.jpg", 100, "failed" if failed else "done")
+        r.log(f"photo-{i:03}.jpg: {'could not be read' if failed else 'converted'}")
+        r.advance(failed=int(failed), current=f"photo-{i:03}.jpg")
+    ctx.output("done.txt").write_text(f"{count}\n")
+
+
+KINDS.append(
+    JobKind(
+        slug="batch",
+        title="Batch",
+        description="Many items with bars of their own.",
+        work=many_items,
+        **_common,
+    )
+)
