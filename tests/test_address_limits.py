@@ -77,29 +77,29 @@ def test_streams_per_address_without_cookies(store):
     opened = []
     for _ in range(3):
         client, _ = fresh_visitor(app)
-        opened.append(client.get("/events", buffered=False))
+        opened.append(client.get("/live?rows=1", buffered=False))
     assert [r.status_code for r in opened] == [200] * 3
     client, _ = fresh_visitor(app)
-    refused = client.get("/events")
+    refused = client.get("/live?rows=1")
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     assert "from your address (3 at most)" in refused.text
     opened.pop().close()  # a stream that ends frees its slot
-    assert client.get("/events", buffered=False).status_code == 200
+    assert client.get("/live?rows=1", buffered=False).status_code == 200
 
 
 def test_the_process_stream_cap_is_503_even_with_limits_off(store):
     app = app_with(MAX_STREAMS_PER_PROCESS=2, RATE_LIMITS=False)
-    opened = [fresh_visitor(app)[0].get("/events", buffered=False) for _ in range(2)]
-    refused = fresh_visitor(app)[0].get("/events")
+    opened = [fresh_visitor(app)[0].get("/live?rows=1", buffered=False) for _ in range(2)]
+    refused = fresh_visitor(app)[0].get("/live?rows=1")
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "limit of 2 streams at once" in refused.text
     opened[0].close()
-    assert fresh_visitor(app)[0].get("/events", buffered=False).status_code == 200
+    assert fresh_visitor(app)[0].get("/live?rows=1", buffered=False).status_code == 200
 
 
 def test_a_stream_never_iterated_still_gives_its_slot_back(store):
     app = app_with(MAX_STREAMS_PER_PROCESS=1)
-    fresh_visitor(app)[0].get("/events", buffered=False).close()
+    fresh_visitor(app)[0].get("/live?rows=1", buffered=False).close()
     assert app.extensions["headway"].caps.held("stream") == 0
 
 
