@@ -158,14 +158,14 @@ class ServerPool:
     The servers all use the suite's Redis and queue, so one worker runs every server's jobs.
     """
 
-    def __init__(self, worker_threads: int = 4):
+    def __init__(self, worker_env: dict[str, str] | None = None):
         # Beside the suite's instance folder, so that the suite's clean-up removes the logs.
         suite_tmp = Path(os.environ["HEADWAY_INSTANCE_PATH"]).parent
         self.log_dir = Path(tempfile.mkdtemp(prefix="browser-logs-", dir=suite_tmp))
         self.worker = _Process(
             "worker",
             [sys.executable, "-m", "jobs.worker"],
-            {"HEADWAY_WORKERS": str(worker_threads)},
+            {"HEADWAY_WORKERS": "4", **(worker_env or {})},
             self.log_dir,
         )
         self.servers: dict[tuple, LiveServer] = {}
@@ -184,6 +184,17 @@ class ServerPool:
                 del self.servers[key]
                 raise RuntimeError(f"{exc}\n--- worker:\n{self.worker.log_tail()}") from None
         return self.servers[key]
+
+    def kill_worker(self) -> None:
+        """Kill the worker process at once, as a crash or an OOM kill would."""
+        self.worker.process.kill()
+        self.worker.process.wait()
+
+    def start_worker(self) -> None:
+        """Start the worker again after `kill_worker()`."""
+        if self.worker.process.poll() is None:
+            raise RuntimeError("the worker is still running; kill it first")
+        self.worker._launch("ab")
 
     def stop(self) -> None:
         for server in self.servers.values():
@@ -212,7 +223,9 @@ def start_job_with_form(page, base: str, *, steps: int, delay: float) -> str:
     return job_id_of(page.url)
 
 
-def post_job(context, base: str, csrf_token: str, *, steps: int, delay: float) -> str:
+def post_job(
+    context, base: str, csrf_token: str, *, steps: int, delay: float, fail_at: int = -1
+) -> str:
     """Submit the form's fields directly (with the context's cookies); returns the job id."""
     response = context.request.post(
         f"{base}/jobs/new/steps",
@@ -220,7 +233,7 @@ def post_job(context, base: str, csrf_token: str, *, steps: int, delay: float) -
             "csrf_token": csrf_token,
             "steps": str(steps),
             "delay": str(delay),
-            "fail_at": "-1",
+            "fail_at": str(fail_at),
         },
         max_redirects=0,
     )

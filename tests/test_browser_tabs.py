@@ -29,7 +29,7 @@ SHOW = """() => {
 
 @pytest.fixture(scope="module")
 def many_jobs_server():
-    pool = ServerPool(worker_threads=TABS)
+    pool = ServerPool(worker_env={"HEADWAY_WORKERS": str(TABS)})
     try:
         yield pool.get(HEADWAY_RUNNING_JOBS_PER_OWNER=2 * TABS, HEADWAY_JOBS_PER_MINUTE=100)
     finally:
