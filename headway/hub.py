@@ -12,8 +12,10 @@ messages published during the outage are gone: re-reading the records catches up
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +28,7 @@ log = logging.getLogger("headway.hub")
 
 PING_SECONDS = 10.0  # how long the subscription may be quiet before it is checked
 MAX_PENDING = 256  # ids a watcher remembers before it falls back to "re-read everything"
+NOTICES_KEPT = 100_000  # jobs whose last change notice the hub remembers (see `fresh_after`)
 
 
 class HubUnavailable(Exception):
@@ -80,6 +83,11 @@ class ChangeHub:
         self._thread: threading.Thread | None = None
         self._pubsub = None
         self.reconnects = 0
+        # When each job's last change notice arrived, and when the subscription last began:
+        # a read that began after both holds every change (see `fresh_after`).
+        self._noticed: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._forgotten = 0.0  # the newest notice time dropped from `_noticed`
+        self._subscribed_at = math.inf
 
     @property
     def watcher_count(self) -> int:
@@ -121,9 +129,26 @@ class ChangeHub:
                 if owner:
                     _discard(self._by_owner, owner, watcher)
 
+    def fresh_after(self, job_id: str) -> float:
+        """The moment after which a read of the job holds its every change: its last notice,
+        or the start of the subscription (inf while there is none: nothing can be trusted).
+
+        What a process read since then it may serve again, without reading, until the
+        next notice: polling costs no Redis round trip while the job does not change.
+        """
+        if not self._ready.is_set():
+            return math.inf
+        with self._lock:
+            noticed = self._noticed.get(job_id, self._forgotten)
+        return max(noticed, self._subscribed_at)
+
     def _dispatch(self, data: str) -> None:
         job_id, _, owner = data.partition(" ")
         with self._lock:
+            self._noticed[job_id] = time.monotonic()
+            self._noticed.move_to_end(job_id)
+            if len(self._noticed) > NOTICES_KEPT:
+                self._forgotten = self._noticed.popitem(last=False)[1]
             targets = self._by_job.get(job_id, set()) | self._by_owner.get(owner, set())
         for watcher in targets:
             watcher.notify(job_id)
@@ -154,6 +179,7 @@ class ChangeHub:
                     if message["type"] == "subscribe":
                         if self.reconnects:
                             log.info("change hub resubscribed after a lost connection")
+                        self._subscribed_at = time.monotonic()  # notices may have been lost
                         self._ready.set()
                         self._wake_all()
                         delay = 0.1

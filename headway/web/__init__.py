@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -20,7 +21,7 @@ from headway.settings import Settings
 from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.renders import SharedRenders
-from headway.web.views import JobViews
+from headway.web.views import JobView, JobViews
 
 log = logging.getLogger("headway.web")
 
@@ -114,6 +115,30 @@ def load_job(job_id: str) -> JobState:
     return reap_if_stale(job)
 
 
+def load_view(job_id: str) -> JobView:
+    """The visitor's job as this process's shared view of it, or 404: read from Redis only
+    when the job changed since the process last read it (the hub says when), so polling a
+    job costs no round trip while it does not change.
+
+    A running job whose heartbeat stopped is looked at again (and so marked interrupted)
+    whatever the view says: a dead worker sends no change notice.
+    """
+    svc = services()
+    svc.hub.start()
+    views = svc.views.get([job_id], svc.hub.fresh_after(job_id), contextlib.nullcontext)
+    view = views.get(job_id)
+    if view is not None and _heartbeat_lost(view.state):
+        view = svc.views.get([job_id], time.monotonic(), contextlib.nullcontext).get(job_id)
+    if view is None or not view.state.owned_by(current_owner()):
+        abort(404)
+    return view
+
+
+def _heartbeat_lost(job: JobState) -> bool:
+    timeout = services().settings.heartbeat_timeout
+    return job.status == "running" and (job.heartbeat or 0) < time.time() - timeout
+
+
 def load_job_detail(job_id: str) -> tuple[JobState, list[ItemProgress], list[dict]]:
     """`load_job` with the job's item bars and log lines, read in the same round trip."""
     store = services().store
@@ -142,9 +167,7 @@ def check_new_job(owner: str | None, address: str) -> None:
 
 def reap_if_stale(job: JobState) -> JobState:
     store = services().store
-    timeout = store.settings.heartbeat_timeout
-    stale = job.status == "running" and (job.heartbeat or 0) < time.time() - timeout
-    if stale and store.mark_interrupted_if_stale(job.id):
+    if _heartbeat_lost(job) and store.mark_interrupted_if_stale(job.id):
         return store.get(job.id) or job
     return job
 

@@ -8,7 +8,7 @@ import redis
 from flask import Blueprint, jsonify, url_for
 
 from headway.store import CONSUMERS
-from headway.web import load_job, services
+from headway.web import load_view, services
 
 bp = Blueprint("api", __name__)
 
@@ -18,7 +18,7 @@ CONSUMER_LIVE_SECONDS = 15.0
 @bp.get("/api/jobs/<job_id>")
 def job_json(job_id: str):
     """The job's state as JSON."""
-    job = load_job(job_id)
+    job = load_view(job_id).state
     return jsonify(
         id=job.id,
         kind=job.kind,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
 from headway.web import (
@@ -11,6 +13,7 @@ from headway.web import (
     is_htmx,
     load_job,
     load_job_detail,
+    load_view,
     reap_if_stale,
     services,
 )
@@ -70,8 +73,9 @@ def job_page(job_id: str):
 
 @bp.get("/jobs/<job_id>/progress")
 def progress(job_id: str):
-    """The progress fragment for polling; it stops asking for more once the job ends."""
-    return render_progress(job_id, polling=True)
+    """The progress fragment for polling; it stops asking for more once the job ends. The
+    same bytes for every poll of a version, read and rendered once per change."""
+    return load_view(job_id).polling_fragment(contextlib.nullcontext)
 
 
 def _after_action(job_id: str, target_job_id: str | None = None) -> Response:

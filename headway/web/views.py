@@ -38,7 +38,7 @@ class JobView:
     log_cap: int
     base: int | None  # the version `change` starts from (None: no change known)
     change: str  # out-of-band swaps that turn the page at `base` into this version
-    _messages: dict[tuple[str, bool], bytes] = dataclasses.field(default_factory=dict)
+    _messages: dict[tuple[str, bool], bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -60,6 +60,23 @@ class JobView:
                     html = self.change if as_change else self._whole(context)
                     message = self._messages[key] = framing(self, html, as_change)
         return message
+
+    def polling_fragment(self, context) -> str:
+        """The whole region as polling asks for it (it asks again while the job runs); the
+        same for every visitor, so rendered once per version."""
+        fragment = self._messages.get(("polling", False))
+        if fragment is None:
+            with self._lock, context():
+                fragment = render_job_progress(
+                    self.state,
+                    _ordered(self.items),
+                    self.log_lines,
+                    self.log_cap,
+                    polling=True,
+                    shared=True,
+                )
+                self._messages[("polling", False)] = fragment
+        return fragment
 
     def _whole(self, context) -> str:
         with context():

@@ -1,0 +1,79 @@
+"""Polling (JSON and the progress fragment) reads Redis only when the job changed: the
+process's change subscription says when, and every poll in between is served from the
+process's shared view of the job."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app import create_app
+
+from .conftest import wait_for
+
+OWNER = "owner-polling"
+
+
+@pytest.fixture
+def web():
+    client = create_app({"TESTING": True}).test_client()
+    with client.session_transaction() as session:
+        session["owner"] = OWNER
+    return client
+
+
+def running_job(store) -> str:
+    job_id = store.create(kind="steps", owner=OWNER, title="t", stages=["Work"])
+    store.update(job_id, {"status": "running", "heartbeat": time.time() + 3600})
+    return job_id
+
+
+def reads(store) -> int:
+    """Reads of job records since the last reset: plain, or through the read script."""
+    stats = store.client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("hgetall", "evalsha"))
+
+
+@pytest.mark.parametrize("path", ["/api/jobs/{}", "/jobs/{}/progress"])
+def test_polls_of_an_unchanged_job_cost_no_read(web, store, path):
+    web.application.extensions["headway"].hub.ensure_ready()
+    job_id = running_job(store)
+    url = path.format(job_id)
+    first = web.get(url)
+    assert first.status_code == 200
+
+    # The notices of the writes above may arrive after that first read began: then the
+    # next poll reads once more. From then on, nothing changes.
+    def settled() -> bool:
+        store.client.config_resetstat()
+        web.get(url)
+        return reads(store) == 0
+
+    wait_for(settled)
+    store.client.config_resetstat()
+    answers = [web.get(url) for _ in range(20)]
+    assert reads(store) == 0
+    assert all(a.get_data() == first.get_data() for a in answers)
+
+    store.update(job_id, {"progress": 42.0, "message": "Forty-two"})
+    changed = wait_for(lambda: b"Forty-two" in (a := web.get(url)).get_data() and a)
+    assert changed.status_code == 200
+
+
+def test_a_polled_job_whose_worker_died_ends_interrupted(store):
+    web = create_app({"TESTING": True, "HEARTBEAT_TIMEOUT": 0.5}).test_client()
+    with web.session_transaction() as session:
+        session["owner"] = OWNER
+    job_id = store.create(kind="steps", owner=OWNER, title="t", stages=["Work"])
+    store.update(job_id, {"status": "running", "heartbeat": time.time()})
+    assert web.get(f"/api/jobs/{job_id}").json["status"] == "running"
+    # No worker writes again, so no change notice comes: the poll itself must look.
+    job = wait_for(lambda: (j := web.get(f"/api/jobs/{job_id}").json)["status"] != "running" and j)
+    assert job["status"] == "interrupted"
+
+
+def test_polls_of_someone_elses_job_are_404_like_unknown_ones(web, store):
+    foreign = store.create(kind="steps", owner="someone-else", title="t", stages=["Work"])
+    for url in (f"/api/jobs/{foreign}", f"/jobs/{foreign}/progress", "/api/jobs/" + "0" * 32):
+        assert web.get(url).status_code == 404
