@@ -25,9 +25,10 @@ from bench.hostile import run_hostile
 from bench.polling import run_polling
 from bench.reporter_cost import run_reporter_cost
 from bench.servers import LOGS, ROOT, RedisServer, ensure_bench_requirements, raise_file_limit
+from bench.sizes import run_sizes
 from bench.upload import run_upload
 
-SECTIONS = ("reporter", "polling", "fanout", "upload", "hostile")
+SECTIONS = ("reporter", "sizes", "polling", "fanout", "upload", "hostile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,13 @@ clients into thousands of HTTP 500s).""",
 A tight loop of `reporter.advance()` with the default 0.1 s interval (real writes happen
 every 0.1 s inside the loop and are included), then timed single operations against the
 bench Redis on loopback. The floor is a bare HSET + PUBLISH, pipelined without MULTI.""",
+    "sizes": """\
+What one watcher receives while a job runs, as an images job would write it (every item
+registered, then converted one at a time: its bar done, the next one running, a log line,
+the counts; ten flushes a second, 100 in all). **Whole**: the first message, the whole
+progress region. **Median** and **max**: the messages while it runs, each the change from
+the version before (the header, the two item bars that changed, the new log line) as
+out-of-band swaps. Each size is the SSE message's bytes as sent.""",
     "polling": """\
 Closed loop: each keep-alive connection asks again as soon as it is answered. The
 fragment is the same partial the page and the stream render (job with 10 item bars).""",
@@ -186,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                 NOTES["reporter"] + "\n\n" + report.reporter_table(costs),
             )
             checks += targets.reporter_targets(costs)
+        if "sizes" in args.only:
+            sizes = run_sizes(bench_redis)
+            out.add("Message sizes", NOTES["sizes"] + "\n\n" + report.sizes_table(sizes))
+            checks += targets.size_targets(sizes)
         if "polling" in args.only:
             rows = run_polling(bench_redis, plan.polling_seconds)
             out.add("Polling endpoints", NOTES["polling"] + "\n\n" + report.polling_table(rows))

@@ -15,6 +15,7 @@ from bench.fanout import FanoutResult
 from bench.hostile import HealthPhase
 from bench.polling import Throughput
 from bench.reporter_cost import Cost
+from bench.sizes import SizeResult
 from bench.upload import UploadResult
 
 SYSTEMS = {"headway": "Headway SSE", "flask-sse": "flask-sse", "polling": "JSON polling 1/s"}
@@ -163,6 +164,23 @@ def upload_table(result: UploadResult) -> str:
         _num(result.growth_mb, 1),
     ]
     return table(headers, [row])
+
+
+def sizes_table(results: list[SizeResult]) -> str:
+    headers = ["Job", "Stream", "Messages", "Whole KB", "Median KB", "Max KB", "Total KB"]
+    rows = [
+        [
+            f"{r.items} items",
+            f"`{r.stream}`",
+            _num(r.messages),
+            _num(r.whole_kb, 1),
+            _num(r.median_kb, 2),
+            _num(r.max_kb, 2),
+            _num(r.total_kb),
+        ]
+        for r in results
+    ]
+    return table(headers, rows)
 
 
 def hostile_table(phases: list[HealthPhase]) -> str:

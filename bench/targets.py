@@ -144,6 +144,24 @@ def upload_targets(result: UploadResult) -> list[Target]:
     ]
 
 
+def size_targets(results) -> list[Target]:
+    """Issue 12's message sizes, on the browser's shared stream."""
+    live = {r.items: r for r in results if r.stream.startswith("/live")}
+    checks = []
+    for items, limit in ((500, 8.0), (10, 1.5)):
+        if items in live:
+            checks.append(
+                _target(
+                    f"Median message, {items}-item job while running <= {limit:g} KB",
+                    f"{live[items].median_kb:.2f} KB (whole state {live[items].whole_kb:.1f} KB)",
+                    live[items].median_kb <= limit,
+                    "The header region (status, bar, facts, actions) is sent whole with "
+                    "every change: about 1.3 KB of the message.",
+                )
+            )
+    return checks
+
+
 def hostile_targets(phases) -> list[Target]:
     attacked = phases[-1]
     return [

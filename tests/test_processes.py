@@ -230,7 +230,7 @@ def test_the_launcher_restarts_what_crashed_and_the_rest_carries_on(tmp_path: Pa
         restarted = wait_for(lambda: (w := _child(parent, "jobs.worker")) and w, timeout=30)
         assert restarted.pid != worker.pid
         next_id = _start_steps(session, base, steps=3, delay=0)
-        final = wait_for(lambda: (j := job(next_id))["status"] == "succeeded" and j, timeout=60)
+        final = wait_for(lambda: (j := job(next_id))["status"] == "succeeded" and j, timeout=120)
         assert final["files"][0]["name"] == "count.txt"
 
         web = _child(parent, "gunicorn")
