@@ -15,13 +15,17 @@ from headway.web.streams import parse_last_event_id, sse
 OWNER = "owner-stream"
 
 
-@pytest.fixture
-def web():
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "STREAM_MAX_SECONDS": 30})
-    client = app.test_client()
+def owner_client(config: dict):
+    """A test client of an app built with `config`, signed in as OWNER."""
+    client = create_app(config).test_client()
     with client.session_transaction() as session:
         session["owner"] = OWNER
     return client
+
+
+@pytest.fixture
+def web():
+    return owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "STREAM_MAX_SECONDS": 30})
 
 
 def new_job(store, owner=OWNER, status="running"):
@@ -193,10 +197,7 @@ def test_many_streams_in_threads_all_get_the_final_state(web, store):
 
 
 def test_stream_lifetime_is_capped(store):
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.1, "STREAM_MAX_SECONDS": 0.5})
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["owner"] = OWNER
+    client = owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.1, "STREAM_MAX_SECONDS": 0.5})
     _, events = open_stream(client, new_job(store))
     while events.next() is not None:
         pass
@@ -211,10 +212,7 @@ def test_foreign_and_unknown_streams_are_404(web, store):
 
 
 def test_streams_per_owner_are_capped_with_429(store):
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "MAX_STREAMS_PER_OWNER": 3})
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["owner"] = OWNER
+    client = owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "MAX_STREAMS_PER_OWNER": 3})
     job_id = new_job(store)
     opened = [open_stream(client, job_id) for _ in range(3)]
     for _, events in opened:
@@ -254,10 +252,7 @@ def test_streams_of_one_job_share_one_read_per_change(web, store):
 
 
 def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["owner"] = OWNER
+    client = owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
     job_id = new_job(store)  # heartbeat now, then silence: no worker ever beats again
     _, events = open_stream(client, job_id)
     assert events.next_event()["event"] == "progress"
@@ -266,10 +261,7 @@ def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):
 
 
 def test_a_job_list_stream_shows_a_dead_workers_job_as_interrupted(store):
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["owner"] = OWNER
+    client = owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
     job_id = new_job(store)  # its worker never beats again
     events = open_live(client, "rows=1")
     first = events.next_event()
@@ -282,10 +274,7 @@ def test_a_job_list_stream_shows_a_dead_workers_job_as_interrupted(store):
 
 
 def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_live_stream(store):
-    app = create_app({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["owner"] = OWNER
+    client = owner_client({"TESTING": True, "KEEPALIVE_SECONDS": 0.2, "HEARTBEAT_TIMEOUT": 0.5})
     job_id = new_job(store)
     events = open_live(client, f"job={job_id}")
     assert job_message(events.next_event()).final is False

@@ -3,7 +3,6 @@ at once; refusals name what went wrong, and nothing of a refused upload stays on
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -12,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from werkzeug.datastructures import FileStorage, MultiDict
-from werkzeug.test import encode_multipart
 
 from app import create_app
+
+from .upload_helpers import post_form
 
 OWNER = "owner-checks"
 
@@ -29,17 +28,7 @@ def client_for(**config):
 
 
 def post(client, files, slug="slowcheck", headers=None, **fields):
-    data = MultiDict(fields)
-    for name, content in files:
-        data.add("files", FileStorage(io.BytesIO(content), filename=name))
-    boundary, body = encode_multipart(data)
-    return client.post(
-        f"/jobs/new/{slug}",
-        input_stream=io.BytesIO(body),
-        content_length=len(body),
-        content_type=f"multipart/form-data; boundary={boundary}",
-        headers=headers,
-    )
+    return post_form(client, slug, files, headers, **fields)
 
 
 def nothing_left(store) -> bool:

@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from werkzeug.datastructures import FileStorage, MultiDict
-from werkzeug.test import encode_multipart
 
 from app import create_app
 from headway.web.uploads import safe_name
+
+from .upload_helpers import post_form
 
 OWNER = "owner-up"
 
@@ -34,18 +34,8 @@ def snapshot(store) -> tuple:
 
 
 def post(web, slug="lines", files=(), headers=None, **fields):
-    """A real multipart body, encoded in memory (the test client would spool big ones)."""
-    data = MultiDict({"steps": "3", "delay": "0", "fail_at": "-1", **fields})
-    for name, content in files:
-        data.add("files", FileStorage(io.BytesIO(content), filename=name))
-    boundary, body = encode_multipart(data)
-    return web.post(
-        f"/jobs/new/{slug}",
-        input_stream=io.BytesIO(body),
-        content_length=len(body),
-        content_type=f"multipart/form-data; boundary={boundary}",
-        headers=headers,
-    )
+    fields = {"steps": "3", "delay": "0", "fail_at": "-1", **fields}
+    return post_form(web, slug, files, headers, **fields)
 
 
 def refused(web, store, expected_status, expected_text, **kwargs):
