@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if "polling" in args.only:
             rows = run_polling(bench_redis, plan.polling_seconds)
             out.add("Polling endpoints", NOTES["polling"] + "\n\n" + report.polling_table(rows))
+            checks += targets.polling_targets(rows)
         if "fanout" in args.only:
             results = _run_fanout(plan, bench_redis)
             out.add(

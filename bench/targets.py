@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from bench.fanout import FanoutResult
 from bench.reporter_cost import Cost
 from bench.upload import UploadResult
@@ -140,6 +142,25 @@ def upload_targets(result: UploadResult) -> list[Target]:
             f"+{result.growth_mb:.1f} MB (HTTP {result.status})",
             result.growth_mb < 64 and accepted,
             "The upload was held in memory." if accepted else "The upload was refused.",
+        )
+    ]
+
+
+def polling_targets(rows) -> list[Target]:
+    """Issue 12: Headway's JSON polling at least as fast as the bare flask peer's."""
+    by_name = {row.name: row for row in rows}
+    mine = by_name.get("Headway JSON (/api/jobs/<id>)")
+    peer = by_name.get("flask peer JSON (/poll/<id>)")
+    if mine is None or peer is None:
+        return []
+    ratio = mine.rps / peer.rps if peer.rps else math.nan
+    return [
+        _target(
+            "JSON polling >= 1.0x the flask peer's requests/s",
+            f"{ratio:.2f}x ({mine.rps:,.0f} vs {peer.rps:,.0f})",
+            ratio >= 1.0,
+            "Per-request work in the web process (session, owner check) outweighs the reads "
+            "the shared view saves.",
         )
     ]
 
