@@ -36,12 +36,10 @@ def count_steps(ctx: JobContext) -> None:
 
 
 def fail_once(ctx: JobContext) -> None:
-    """Fail on the first attempt (marker file absent), succeed on the next."""
-    marker = ctx.output_dir.parent / ".failed-once"
+    """Fail on the first attempt, succeed on the next (each runs in a folder of its own)."""
     ctx.reporter.stage("Work", total=2)
     ctx.reporter.advance()
-    if not marker.exists():
-        marker.write_text("x")
+    if ctx.reporter.attempt < 2:
         raise RuntimeError("first attempt fails")
     ctx.reporter.advance()
     ctx.output("ok.txt").write_text("ok\n")
