@@ -412,6 +412,7 @@ class S3Storage(Storage):
         self.client = boto3.session.Session().client(
             "s3",
             config=botocore.config.Config(
+                signature_version="s3v4",  # presigned URLs too (boto3 would sign those SigV2)
                 retries={"max_attempts": 5, "mode": "standard"},
                 max_pool_connections=64,
                 # Checksums only where the protocol requires them: S3-compatible servers

@@ -263,3 +263,44 @@ KINDS += [
         max_total_bytes=1_000_000,
     ),
 ]
+
+
+def digest_inputs(ctx: JobContext) -> None:
+    """Count `steps` with `delay` (long enough to kill its worker), then write the inputs'
+    line counts and SHA-256 sums: results that prove which bytes the job read."""
+    import hashlib
+
+    r = ctx.reporter
+    r.stage("Count", total=ctx.params["steps"])
+    for i in range(ctx.params["steps"]):
+        r.check()
+        r.advance(current=f"step {i + 1}")
+        time.sleep(ctx.params["delay"])
+    r.stage("Digest", total=len(ctx.inputs))
+    with ctx.output("lines.txt").open("w") as lines, ctx.output("sha256.txt").open("w") as sums:
+        for path in ctx.inputs:
+            digest, count = hashlib.sha256(), 0
+            with path.open("rb") as data:
+                for chunk in iter(lambda data=data: data.read(1 << 20), b""):
+                    digest.update(chunk)
+                    count += chunk.count(b"\n")
+            lines.write(f"{path.name}\t{count}\n")
+            sums.write(f"{digest.hexdigest()}  {path.name}\n")
+            r.advance(current=path.name)
+
+
+KINDS.append(
+    JobKind(
+        slug="digest",
+        title="Digest",
+        description="Counts, then sums its text files.",
+        work=digest_inputs,
+        check_file=must_be_text,
+        accept="text/*",
+        min_files=1,
+        max_files=3,
+        max_total_bytes=64 * 1024 * 1024,
+        options=StepOptions,
+        stages=(("Count", 8), ("Digest", 2)),
+    )
+)
