@@ -203,6 +203,7 @@ class JobState:
     params: dict
     inputs: list[str]
     log_total: int = 0  # log lines ever written (the list keeps the newest few)
+    worker: str = ""  # "host:pid" of the worker running (or that ran) the latest attempt
 
     @property
     def finished(self) -> bool:
@@ -260,6 +261,7 @@ class JobState:
             params=json.loads(h.get("params") or "{}"),
             inputs=json.loads(h.get("inputs") or "[]"),
             log_total=int(num("log_total")),
+            worker=h.get("worker", ""),
         )
 
 

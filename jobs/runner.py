@@ -31,6 +31,11 @@ log = logging.getLogger("headway.runner")
 FINAL_WRITE_PATIENCE = sandbox.FINAL_WRITE_PATIENCE
 
 
+def worker_name() -> str:
+    """Which machine and process runs an attempt (kept on the job's record)."""
+    return f"{HOST}:{os.getpid()}"
+
+
 @huey.task(context=True, name="headway.run_job")
 def run_job(job_id: str, task=None) -> None:
     """Run one attempt of a job: its kind's work function, in a process of its own, in a
@@ -142,7 +147,7 @@ def on_executing(signal, task, *args) -> None:
     if job is None or job.finished:
         return
     now = time.time()
-    fields = {"status": "running", "heartbeat": now, "message": "Started"}
+    fields = {"status": "running", "heartbeat": now, "message": "Started", "worker": worker_name()}
     if job.started_at:  # Huey retrying: a new attempt of the same job
         fields["attempt"] = job.attempt + 1
     else:
