@@ -222,6 +222,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     from headway.web.format import register_filters
 
     store = JobStore(client, settings)
+    store.storage  # noqa: B018  (an S3 client is made now, at start, not on a first upload)
     app.extensions["headway"] = Services(
         settings=settings,
         store=store,
