@@ -413,7 +413,7 @@ class S3Storage(Storage):
             "s3",
             config=botocore.config.Config(
                 signature_version="s3v4",  # presigned URLs too (boto3 would sign those SigV2)
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": 3, "mode": "standard"},
                 max_pool_connections=64,
                 # Checksums only where the protocol requires them: S3-compatible servers
                 # differ in what they make of the newer trailing ones.
@@ -494,6 +494,8 @@ class S3Storage(Storage):
             if self._missing(exc):
                 return None
             raise StorageError(f"could not look up {key}: {exc}") from exc
+        except self.errors as exc:
+            raise StorageError(f"could not look up {key}: {exc}") from exc
         return ObjectInfo(head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
 
     def open(self, key: str, start: int | None = None, stop: int | None = None):
@@ -506,6 +508,8 @@ class S3Storage(Storage):
         except self._client_error as exc:
             if self._missing(exc):
                 raise KeyError(key) from None
+            raise StorageError(f"could not read {key}: {exc}") from exc
+        except self.errors as exc:
             raise StorageError(f"could not read {key}: {exc}") from exc
 
     def presigned_url(self, key: str, filename: str, mimetype: str, seconds: float) -> str:

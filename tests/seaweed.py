@@ -3,7 +3,8 @@
 Started once per session, and only when a test asks for it (the `seaweed` fixture): master,
 volume, filer and S3 gateway in one process on loopback ports, data in a temporary folder.
 Each service also listens on its port + 10,000 (gRPC), so ports are picked below 55,000 with
-that one free too. It takes about ten seconds to answer.
+that one free too; the S3 gateway's Iceberg and Lance listeners, which have fixed ports, are
+turned off. It takes about ten seconds to answer.
 """
 
 from __future__ import annotations
@@ -73,12 +74,20 @@ class SeaweedServer:
                     "-ip=127.0.0.1",
                     "-ip.bind=127.0.0.1",
                     f"-master.port={master}",
-                    "-master.volumeSizeLimitMB=256",
+                    # Room for the benchmark's 2 GiB files and their copies: volumes are
+                    # capped in number (8 by default), and a full server answers InternalError.
+                    "-master.volumeSizeLimitMB=1024",
                     f"-volume.port={volume}",
+                    "-volume.max=64",
                     "-filer",
                     f"-filer.port={filer}",
                     "-s3",
                     f"-s3.port={s3}",
+                    # Fixed default ports (8181, 9101) that a second server on the machine
+                    # (another test run, the benchmark) would find taken.
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
+                    "-master.telemetry=false",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

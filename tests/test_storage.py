@@ -228,3 +228,17 @@ def test_downloads_stream_through_the_web_with_ranges(s3_storage_url, store, tmp
     assert outside.status_code == 416
     again = client.get(url, headers={"If-None-Match": whole.headers["ETag"]})
     assert again.status_code == 304 and again.data == b""
+
+
+def test_an_unreachable_bucket_gets_503_and_leaves_nothing(seaweed, monkeypatch, store):
+    from .conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, seaweed.env[name])
+    app, client = web_client(f"s3://{BUCKET}/unreachable-{os.urandom(3).hex()}")
+    answer = post(client, "digest", [("a.txt", b"one\n")])
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert "cannot store uploads right now" in answer.get_data(as_text=True)
+    assert store.client.keys("hw:job:*") == []
+    assert list((Path(app.instance_path) / "uploads").iterdir()) == []

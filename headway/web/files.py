@@ -127,7 +127,10 @@ def _stream(storage: S3Storage, key: str, filename: str, mimetype: str) -> Respo
     if stop <= start:
         body = iter(())
     else:
-        stream = storage.open(key, start, stop) if status == 206 else storage.open(key)
+        try:
+            stream = storage.open(key, start, stop) if status == 206 else storage.open(key)
+        except KeyError:  # removed since the look-up (its retention ended)
+            return None
 
         def chunks():
             try:
