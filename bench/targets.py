@@ -202,3 +202,26 @@ def run_time_target(seconds: float) -> Target:
         seconds < 15 * 60,
         "Scenarios ran into their connect (60 s) or drain (30 s) time limits.",
     )
+
+
+def s3_targets(result) -> list[Target]:
+    upload = result.upload
+    accepted = upload.status in (200, 302, 303)
+    checks = [
+        _target(
+            f"Upload of {upload.size_bytes / 1024**3:g} GiB into S3: web-process RSS grows < 64 MB",
+            f"+{upload.growth_mb:.1f} MB (HTTP {upload.status})",
+            upload.growth_mb < 64 and accepted,
+            "The upload was held in memory." if accepted else "The upload was refused.",
+        )
+    ]
+    for t in result.transfers:
+        checks.append(
+            _target(
+                f"Download from S3, {t.what}: whole file, web-process RSS grows < 64 MB",
+                f"+{t.growth_mb:.1f} MB, {t.mb_per_s:,.0f} MB/s (HTTP {t.status})",
+                t.status == 200 and t.growth_mb < 64,
+                "The download was cut short or held in memory.",
+            )
+        )
+    return checks

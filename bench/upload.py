@@ -33,6 +33,8 @@ class UploadResult:
     seconds: float
     rss_start_mb: float
     rss_peak_mb: float
+    job_path: str = ""  # where the upload's answer sent the browser: /jobs/<id>
+    cookie: str = ""  # the uploader's session, its owner's
 
     @property
     def growth_mb(self) -> float:
@@ -102,15 +104,17 @@ def _body(fields: dict[str, str], size: int, boundary: str) -> tuple[int, object
     return len(head) + size + len(tail), pieces()
 
 
-def run_upload(bench_redis: RedisServer, size: int) -> UploadResult:
+def run_upload(
+    bench_redis: RedisServer, size: int, env: dict[str, str] | None = None, name: str = "upload"
+) -> UploadResult:
     """POST one `size`-byte file to a fresh web process and watch its RSS meanwhile."""
     bench_redis.client().flushall()
     kind = pick_kind(size)
     server = WebServer(
-        "headway-upload",
+        f"headway-{name}",
         "app:create_app()",
         bench_redis.url,
-        env={"HEADWAY_KIND_MODULES": "bench.upload_kind"},
+        env={"HEADWAY_KIND_MODULES": "bench.upload_kind", **(env or {})},
     )
     try:
         browser = requests.Session()
@@ -136,7 +140,14 @@ def run_upload(bench_redis: RedisServer, size: int) -> UploadResult:
         seconds = time.monotonic() - started
         connection.close()
         return UploadResult(
-            kind, size, response.status, seconds, mb(watch.start_rss), mb(watch.peak_rss)
+            kind,
+            size,
+            response.status,
+            seconds,
+            mb(watch.start_rss),
+            mb(watch.peak_rss),
+            job_path=response.getheader("Location") or "",
+            cookie=cookie,
         )
     finally:
         server.stop()  # removes its instance folder: the spooled upload and the job's input

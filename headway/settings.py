@@ -59,6 +59,10 @@ class Settings:
     check_seconds: float = 10.0
     check_memory_mb: int = 1024
     check_wait_seconds: float = 30.0
+    # Where job files live: "" for the instance folder, or s3://bucket/prefix.
+    storage_url: str = ""
+    downloads: str = "redirect"  # S3 only: "redirect" to a presigned URL, or "stream"
+    download_url_seconds: float = 60.0
 
     @property
     def heartbeat_interval(self) -> float:
@@ -120,10 +124,18 @@ class Settings:
             check_seconds=_float("HEADWAY_CHECK_SECONDS", cls.check_seconds),
             check_memory_mb=_int("HEADWAY_CHECK_MEMORY_MB", cls.check_memory_mb),
             check_wait_seconds=_float("HEADWAY_CHECK_WAIT_SECONDS", cls.check_wait_seconds),
+            storage_url=os.environ.get("HEADWAY_STORAGE_URL", "").strip(),
+            downloads=os.environ.get("HEADWAY_DOWNLOADS", cls.downloads),
+            download_url_seconds=_float("HEADWAY_DOWNLOAD_URL_SECONDS", cls.download_url_seconds),
         )
         values.update(overrides)
         if values["transport"] not in ("auto", "sse", "poll"):
             raise ValueError("HEADWAY_TRANSPORT must be auto, sse or poll")
+        if values["downloads"] not in ("redirect", "stream"):
+            raise ValueError("HEADWAY_DOWNLOADS must be redirect or stream")
+        from headway.storage import parse_url
+
+        parse_url(values["storage_url"])  # a clear error at start, not at the first upload
         return cls(**values)
 
 

@@ -18,13 +18,13 @@ import json
 import logging
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis
 
+from headway import storage as file_storage
 from headway.settings import Settings
 
 log = logging.getLogger("headway.store")
@@ -203,6 +203,7 @@ class JobState:
     params: dict
     inputs: list[str]
     log_total: int = 0  # log lines ever written (the list keeps the newest few)
+    worker: str = ""  # "host:pid" of the worker running (or that ran) the latest attempt
 
     @property
     def finished(self) -> bool:
@@ -260,6 +261,7 @@ class JobState:
             params=json.loads(h.get("params") or "{}"),
             inputs=json.loads(h.get("inputs") or "[]"),
             log_total=int(num("log_total")),
+            worker=h.get("worker", ""),
         )
 
 
@@ -297,7 +299,13 @@ class JobStore:
         return f"hw:owner:{owner}"
 
     def job_dir(self, job_id: str) -> Path:
+        """The job's folder when files live in the instance folder (the local backend)."""
         return self.settings.jobs_dir / job_id
+
+    @property
+    def storage(self) -> file_storage.Storage:
+        """Where the job's files live (headway/storage.py)."""
+        return file_storage.for_settings(self.settings)
 
     # -- writes -------------------------------------------------------------
     def create(
@@ -409,7 +417,7 @@ class JobStore:
         pipe.zrem(RUNNING, job_id)
         pipe.zrem(RETENTION, f"{job_id}:{owner}")
         pipe.execute()
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        self.storage.remove_job(job_id)
         log.info("job %s: removed with its files", job_id)
 
     def remove_expired(self, now: float | None = None) -> int:
@@ -419,6 +427,12 @@ class JobStore:
             job_id, _, owner = member.partition(":")
             self.remove(job_id, owner)
         return len(due)
+
+    def remove_orphans(self, grace: float, now: float | None = None) -> int:
+        """Remove files of jobs that have no record, once older than `grace` seconds."""
+        return file_storage.sweep_orphans(
+            self.storage, lambda job_id: bool(self.client.exists(self.key(job_id))), grace, now
+        )
 
     # -- reads --------------------------------------------------------------
     def get(self, job_id: str) -> JobState | None:

@@ -12,7 +12,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-BUNDLE_NAME = "all-files.zip"
+from headway.storage import BUNDLE_NAME
+
+__all__ = ["BUNDLE_NAME", "build_bundle", "bundle_path"]
 
 
 def bundle_path(job_dir: Path) -> Path:

@@ -6,11 +6,10 @@ app), and it defaults to the worker side's.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable
 
+from headway.storage import input_key
 from headway.store import JobState, JobStore, format_log_line, new_job_id
 from jobs import kinds
 from jobs.queue import huey, job_store
@@ -138,16 +137,16 @@ def _new_attempt(job: JobState, store: JobStore) -> str:
     if kind is None:
         raise LookupError(job.kind)
     new_id = new_job_id()
-    source, target = store.job_dir(job.id) / "input", store.job_dir(new_id) / "input"
-    if not all((source / name).is_file() for name in job.inputs):
+    storage = store.storage
+    if not all(storage.exists(input_key(job.id, name)) for name in job.inputs):
         raise InputsGone(job.id)
-    target.mkdir(parents=True)
     try:
         for name in job.inputs:
+            # Inside the storage (a hard link, or a server-side copy): never through here.
             try:
-                os.link(source / name, target / name)  # no copy of possibly huge inputs
-            except OSError:
-                shutil.copyfile(source / name, target / name)
+                storage.copy(input_key(job.id, name), input_key(new_id, name))
+            except KeyError:
+                raise InputsGone(job.id) from None
         submit(
             kind,
             job_id=new_id,
@@ -160,7 +159,7 @@ def _new_attempt(job: JobState, store: JobStore) -> str:
             store=store,
         )
     except BaseException:
-        shutil.rmtree(store.job_dir(new_id), ignore_errors=True)
+        storage.remove_job(new_id)
         raise
     store.update(job.id, {"retried_as": new_id})
     return new_id

@@ -8,14 +8,18 @@ State machine (written through JobStore.update, which rejects anything out of or
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import redis
 from huey import crontab
 from huey import signals as S
 from huey.exceptions import CancelExecution
 
+from headway.storage import HOST, StorageError, input_key
 from headway.store import UpdateResult, format_log_line
 from jobs import kinds, sandbox
 from jobs.kinds import JobError
@@ -27,9 +31,16 @@ log = logging.getLogger("headway.runner")
 FINAL_WRITE_PATIENCE = sandbox.FINAL_WRITE_PATIENCE
 
 
+def worker_name() -> str:
+    """Which machine and process runs an attempt (kept on the job's record)."""
+    return f"{HOST}:{os.getpid()}"
+
+
 @huey.task(context=True, name="headway.run_job")
 def run_job(job_id: str, task=None) -> None:
-    """Run one attempt of a job: its kind's work function, in a process of its own."""
+    """Run one attempt of a job: its kind's work function, in a process of its own, in a
+    private folder on this machine that goes when the attempt ends. Inputs come from the
+    storage and results go back to it, so any worker can run any attempt."""
     store = job_store()
     job = store.get(job_id)
     if job is None or job.finished:
@@ -38,17 +49,18 @@ def run_job(job_id: str, task=None) -> None:
     kind = kinds.get(job.kind)
     if kind is None:
         raise JobError(f"Unknown job kind {job.kind!r}.")
-    job_dir = store.job_dir(job_id)
-    output_dir = job_dir / "output"
-    shutil.rmtree(output_dir, ignore_errors=True)  # a retry starts from a clean slate
+    _forget_results(store, job_id)  # a retry starts from a clean slate
+    work = work_folder(store.settings, job_id)
+    output_dir = work / "output"
     output_dir.mkdir(parents=True)
     attempt = sandbox.Attempt(
         job_id=job_id,
         kind=kind,
-        inputs=[job_dir / "input" / name for name in job.inputs],
+        inputs=[work / "input" / name for name in job.inputs],
+        input_keys=tuple(input_key(job_id, name) for name in job.inputs),
         params=job.params,
         output_dir=output_dir,
-        scratch_dir=job_dir / "scratch",
+        scratch_dir=work / "scratch",
         attempt=job.attempt,
         floor=job.progress,
         limits=sandbox.limits_for(kind, store.settings),
@@ -58,11 +70,50 @@ def run_job(job_id: str, task=None) -> None:
     try:
         sandbox.run(attempt, store)
     except JobCancelled:
-        shutil.rmtree(output_dir, ignore_errors=True)  # nothing to download: free the space
+        _forget_results(store, job_id)  # nothing to download: free the space
         raise CancelExecution(retry=False) from None
     except BaseException:
-        shutil.rmtree(output_dir, ignore_errors=True)
+        _forget_results(store, job_id)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def work_folder(settings, job_id: str) -> Path:
+    """A new private folder for one attempt, named after this host and process so that a
+    worker starting on this machine can remove those of workers that died."""
+    root = settings.instance_path / "work"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{HOST}-{os.getpid()}-{job_id}-", dir=root))
+
+
+def sweep_work_folders(settings) -> int:
+    """Remove the attempt folders of this host's workers that are gone; returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(settings.instance_path / "work"))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        host, _, rest = entry.name.partition(f"{HOST}-")
+        pid = rest.split("-", 1)[0]
+        if host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        except PermissionError:
+            pass
+    return removed
+
+
+def _forget_results(store, job_id: str) -> None:
+    try:
+        store.storage.remove_results(job_id)
+    except (StorageError, OSError) as exc:  # the orphan sweep finds them once the job goes
+        log.warning("job %s: could not remove partial results: %s", job_id, exc)
 
 
 def _is_job(task) -> bool:
@@ -96,7 +147,7 @@ def on_executing(signal, task, *args) -> None:
     if job is None or job.finished:
         return
     now = time.time()
-    fields = {"status": "running", "heartbeat": now, "message": "Started"}
+    fields = {"status": "running", "heartbeat": now, "message": "Started", "worker": worker_name()}
     if job.started_at:  # Huey retrying: a new attempt of the same job
         fields["attempt"] = job.attempt + 1
     else:
@@ -183,8 +234,22 @@ def reap_stale_jobs() -> int:
 
 @huey.periodic_task(crontab(minute="*"), name="headway.sweep")
 def sweep() -> None:
-    """Every minute: reap jobs whose worker died, remove jobs past their retention."""
+    """Every minute: reap jobs whose worker died, remove jobs past their retention (their
+    records and their files)."""
     reaped = reap_stale_jobs()
     removed = job_store().remove_expired()
     if reaped or removed:
         log.info("sweep: %d interrupted, %d expired jobs removed", reaped, removed)
+
+
+ORPHAN_GRACE_SECONDS = 6 * 3600  # far longer than an upload takes to become a job
+
+
+@huey.periodic_task(crontab(minute="23"), name="headway.sweep_orphans")
+def sweep_orphans() -> None:
+    """Every hour: remove files whose job has no record (its retention ended while no sweep
+    ran, or a process died between storing them and creating the record), and abort
+    multipart uploads that their web process never finished."""
+    removed = job_store().remove_orphans(ORPHAN_GRACE_SECONDS)
+    if removed:
+        log.info("sweep: files of %d jobs without a record removed", removed)

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from headway import storage as file_storage
 from headway.connection import redis_client
 from headway.settings import Settings
 from headway.store import JobStore
@@ -64,15 +65,16 @@ class Attempt:
 
     job_id: str
     kind: JobKind
-    inputs: list[Path]
+    inputs: list[Path]  # in the attempt's private folder, fetched from storage first
     params: dict[str, Any]
-    output_dir: Path
+    output_dir: Path  # results, stored under the job's keys once the work is done
     scratch_dir: Path  # the process's TMPDIR: temporary files count towards its output
     attempt: int
     floor: float
     limits: JobLimits
     settings: Settings
     redis_url: str
+    input_keys: tuple[str, ...] = ()  # the storage keys of `inputs`, in the same order
 
 
 def limits_for(kind: JobKind, settings: Settings) -> JobLimits:
@@ -338,12 +340,18 @@ def _work(attempt: Attempt) -> tuple:
     )
     try:
         with reporter:
+            storage = file_storage.for_settings(attempt.settings)
+            _fetch_inputs(storage, attempt)
             attempt.kind.work(context)
             output = attempt.output_dir
             files = sorted((p for p in output.iterdir() if p.is_file()), key=lambda p: p.name)
             if not files:
                 raise JobError("The job finished without producing a result file.")
-            build_bundle(output.parent, files)  # "Download all", ready before it shows
+            bundle = build_bundle(output.parent, files)  # "Download all", ready before it shows
+            for path in files:
+                storage.put(path, file_storage.output_key(attempt.job_id, path.name))
+            if bundle is not None:
+                storage.put(bundle, file_storage.bundle_key(attempt.job_id))
             # Waits out a Redis outage, so that the `complete` signal that marks the job
             # succeeded finds its result written.
             reporter.flush_final(
@@ -365,6 +373,18 @@ def _work(attempt: Attempt) -> tuple:
     except Exception as exc:
         return _crashed(attempt, exc)
     return ("ok",)
+
+
+def _fetch_inputs(storage: file_storage.Storage, attempt: Attempt) -> None:
+    """The inputs from storage into the attempt's own folder (a hard link when the storage
+    is the instance folder), before the work starts: the job reads local files."""
+    for key, path in zip(attempt.input_keys, attempt.inputs, strict=True):
+        try:
+            storage.fetch(key, path)
+        except KeyError:
+            raise JobError(
+                f"The uploaded file “{path.name}” is no longer kept; start a new job."
+            ) from None
 
 
 def _crashed(attempt: Attempt, exc: Exception) -> tuple:

@@ -16,7 +16,7 @@ import redis
 
 from headway.store import CONSUMERS
 from jobs import (
-    runner,  # noqa: F401  (registers the task, signals and periodic sweep)
+    runner,  # registers the task, signals and periodic sweeps
     sandbox,
 )
 from jobs.queue import huey, job_store, settings
@@ -55,6 +55,9 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     start_heartbeat()
+    swept = runner.sweep_work_folders(settings)
+    if swept:
+        log.info("removed %d attempt folders left by stopped workers", swept)
     sandbox.warm_up()
     consumer = huey.create_consumer(workers=settings.workers, worker_type="thread")
     log.info("worker %s: %d threads", consumer_name(), settings.workers)

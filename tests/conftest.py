@@ -124,6 +124,30 @@ def clean_state():
     yield
 
 
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3-compatible server (SeaweedFS), started once, for the tests that ask for it."""
+    from .seaweed import SeaweedServer
+
+    server = SeaweedServer(_server["tmp"] / "seaweed")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_storage_url(seaweed, monkeypatch, request):
+    """`HEADWAY_STORAGE_URL` of a prefix of the test bucket that is this test's alone, with
+    boto3's environment pointing at SeaweedFS (for this process and the ones it starts)."""
+    from .seaweed import BUCKET
+
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    prefix = f"{request.node.name.replace('[', '-').rstrip(']')[:60]}-{os.urandom(3).hex()}"
+    return f"s3://{BUCKET}/{prefix}"
+
+
 @pytest.fixture
 def store():
     from jobs.queue import job_store

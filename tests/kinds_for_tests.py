@@ -36,12 +36,10 @@ def count_steps(ctx: JobContext) -> None:
 
 
 def fail_once(ctx: JobContext) -> None:
-    """Fail on the first attempt (marker file absent), succeed on the next."""
-    marker = ctx.output_dir.parent / ".failed-once"
+    """Fail on the first attempt, succeed on the next (each runs in a folder of its own)."""
     ctx.reporter.stage("Work", total=2)
     ctx.reporter.advance()
-    if not marker.exists():
-        marker.write_text("x")
+    if ctx.reporter.attempt < 2:
         raise RuntimeError("first attempt fails")
     ctx.reporter.advance()
     ctx.output("ok.txt").write_text("ok\n")
@@ -291,5 +289,47 @@ KINDS.append(
         description="Many items with bars of their own.",
         work=many_items,
         **_common,
+    )
+)
+
+
+def digest_inputs(ctx: JobContext) -> None:
+    """Count `steps` with `delay` (long enough to kill its worker; a retry skips it), then
+    write the inputs' line counts and SHA-256 sums: results that prove which bytes it read."""
+    import hashlib
+
+    r = ctx.reporter
+    steps = ctx.params["steps"] if r.attempt == 1 else 1
+    r.stage("Count", total=steps)
+    for i in range(steps):
+        r.check()
+        r.advance(current=f"step {i + 1}")
+        time.sleep(ctx.params["delay"])
+    r.stage("Digest", total=len(ctx.inputs))
+    with ctx.output("lines.txt").open("w") as lines, ctx.output("sha256.txt").open("w") as sums:
+        for path in ctx.inputs:
+            digest, count = hashlib.sha256(), 0
+            with path.open("rb") as data:
+                for chunk in iter(lambda data=data: data.read(1 << 20), b""):
+                    digest.update(chunk)
+                    count += chunk.count(b"\n")
+            lines.write(f"{path.name}\t{count}\n")
+            sums.write(f"{digest.hexdigest()}  {path.name}\n")
+            r.advance(current=path.name)
+
+
+KINDS.append(
+    JobKind(
+        slug="digest",
+        title="Digest",
+        description="Counts, then sums its text files.",
+        work=digest_inputs,
+        check_file=must_be_text,
+        accept="text/*",
+        min_files=1,
+        max_files=3,
+        max_total_bytes=64 * 1024 * 1024,
+        options=StepOptions,
+        stages=(("Count", 8), ("Digest", 2)),
     )
 )

@@ -18,6 +18,7 @@ from headway.connection import subscriber_client
 from headway.hub import ChangeHub, HubUnavailable
 from headway.limits import LimitExceeded, Limits, ProcessCaps
 from headway.settings import Settings
+from headway.storage import StorageError
 from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.renders import SharedRenders
@@ -227,6 +228,16 @@ def register_errors(app: Flask) -> None:
         title = "Slow down" if exc.status == 429 else "Busy"
         return error_response(exc.status, title, str(exc), {"Retry-After": str(exc.retry_after)})
 
+    @app.errorhandler(StorageError)
+    def storage_down(exc):
+        log.error("storage unavailable for %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            503,
+            "Temporarily unavailable",
+            "Headway cannot reach its file storage right now; try again in a few seconds.",
+            {"Retry-After": "5"},
+        )
+
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(HubUnavailable)
     def redis_down(exc):
@@ -245,6 +256,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     from headway.web.format import register_filters
 
     store = JobStore(client, settings)
+    store.storage  # noqa: B018  (an S3 client is made now, at start, not on a first upload)
     app.extensions["headway"] = Services(
         settings=settings,
         store=store,

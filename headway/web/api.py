@@ -33,6 +33,7 @@ def job_json(job_id: str):
         current=job.current,
         eta_seconds=job.eta,
         attempt=job.attempt,
+        worker=job.worker or None,
         error=job.error or None,
         created_at=job.created_at,
         started_at=job.started_at,

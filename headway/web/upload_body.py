@@ -9,9 +9,12 @@ sans-IO `MultipartDecoder` is driven over the request stream by hand:
   chunked body or not;
 - parts, form fields and buffered headers are capped;
 - a body slower than the floor rate (bytes over the last window) is ended with 408;
-- on any refusal every spooled file is removed at once.
-Spool files are named after their host and process, so that those of a crashed process can
-be told from those of live uploads and swept.
+- on any refusal every file is aborted at once (spool files removed, multipart uploads
+  aborted): nothing of a refused upload stays, on this node or in the storage.
+Each file goes into storage as it arrives (headway/storage.py: an `ObjectUpload`), through
+a spool on this node's disk: the whole file for the local backend (hard-linked to its place
+on commit), one part at a time for S3. Spool files are named after their host and process,
+so that those of a crashed process can be told from those of live uploads and swept.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from werkzeug.sansio.multipart import (
     Preamble,
 )
 
+from headway.storage import HOST, ObjectUpload, StorageError
 from headway.web.format import filesize
 
 log = logging.getLogger("headway.uploads")
@@ -49,7 +51,6 @@ MAX_FORM_PARTS = 100  # parts other than chosen files: form fields, an empty fil
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FORM_BYTES = 1024 * 1024
 MAX_BUFFERED = 256 * 1024  # part headers and preamble waiting for their end
-HOST = socket.gethostname().replace("/", "_")
 FOREIGN_SPOOL_MAX_AGE = 24 * 3600  # spool files of other hosts, or of unknown origin
 
 
@@ -72,9 +73,42 @@ class Refused(Exception):
 
 @dataclasses.dataclass
 class SpooledFile:
+    """One uploaded file on its way into storage, under the name it will have there."""
+
     filename: str  # as the client sent it
-    path: Path
-    size: int = 0
+    name: str  # safe and unique among the job's inputs
+    target: ObjectUpload
+    committed: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.target.size
+
+    @property
+    def path(self) -> Path | None:
+        """The whole file on this node while its content check needs it."""
+        return self.target.local_path
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.target.write(data)
+        except (StorageError, OSError) as exc:
+            log.error("could not store %s: %s", self.target.key, exc)
+            raise storage_unavailable() from None
+
+    def commit(self) -> None:
+        self.target.commit()
+        self.committed = True
+
+    def discard(self) -> None:
+        if not self.committed:
+            self.target.abort()
+
+
+def storage_unavailable() -> Refused:
+    return Refused(
+        "The server cannot store uploads right now; try again in a moment.", 503, retry_after=5
+    )
 
 
 @dataclasses.dataclass
@@ -83,25 +117,22 @@ class Upload:
     files: list[SpooledFile]
 
     def discard(self) -> None:
+        """Abort every file not yet committed: nothing of it stays anywhere."""
         for f in self.files:
-            with contextlib.suppress(FileNotFoundError):
-                f.path.unlink()
+            try:
+                f.discard()
+            except Exception:
+                log.exception("could not discard the upload of %s", f.name)
 
 
 class Spool:
-    """The folder uploads stream into, beside the job folders (a hard link makes an accepted
-    file a job input without a copy)."""
+    """The folder on this node that uploads pass through on their way into storage."""
 
     SWEEP_EVERY = 300.0
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.swept_at = 0.0
-
-    def create(self) -> tuple[BinaryIO, Path]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"upload-{HOST}-{os.getpid()}-{secrets.token_hex(8)}"
-        return path.open("xb"), path
 
     def sweep(self) -> int:
         """Remove spool files whose process is gone; returns how many."""
@@ -198,7 +229,7 @@ class BodyReader:
         stream: BinaryIO,
         boundary: str,
         limits: BodyLimits,
-        spool: Spool,
+        open_file: Callable[[str], SpooledFile],
         csrf_problem: Callable[[str | None], str | None],
         header_token: str | None,
         on_progress: Callable[[], None] = lambda: None,
@@ -206,7 +237,7 @@ class BodyReader:
         self.stream = stream
         self.boundary = boundary
         self.limits = limits
-        self.spool = spool
+        self.open_file = open_file  # the client's file name -> where its bytes go
         self.csrf_problem = csrf_problem
         self.header_token = header_token
         self.on_progress = on_progress
@@ -293,7 +324,7 @@ class BodyReader:
             self._check_csrf(None)
         form_parts = form_bytes = file_bytes = 0
         field: tuple[str, bytearray] | None = None
-        target: tuple[BinaryIO, SpooledFile] | None = None
+        target: SpooledFile | None = None
         ended = False
         while True:
             try:
@@ -325,10 +356,8 @@ class BodyReader:
                         f"Too many files: more than {limits.max_files} chosen, "
                         f"{limits.kind_title} takes at most {limits.max_files}."
                     )
-                handle, path = self.spool.create()
-                spooled = SpooledFile(event.filename, path)
-                upload.files.append(spooled)
-                target = (handle, spooled)
+                target = self.open_file(event.filename)
+                upload.files.append(target)
             elif isinstance(event, Field | File):
                 form_parts += 1
                 if form_parts > MAX_FORM_PARTS:
@@ -337,19 +366,16 @@ class BodyReader:
                 field = (event.name, bytearray()) if isinstance(event, Field) else ("", None)
             elif isinstance(event, Data):
                 if target is not None:
-                    handle, spooled = target
                     file_bytes += len(event.data)
                     if file_bytes > limits.max_file_bytes:
-                        handle.close()
                         raise Refused(
                             f"The files add up to more than {filesize(limits.max_file_bytes)}, "
                             f"the most {limits.kind_title} takes.",
                             413,
                         )
-                    handle.write(event.data)
-                    spooled.size += len(event.data)
+                    target.write(event.data)
                     if not event.more_data:
-                        handle.close()
+                        target.target.close()
                         target = None
                 elif field is not None:
                     name, value = field

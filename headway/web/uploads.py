@@ -1,20 +1,19 @@
-"""New jobs from upload forms: files stream to disk, are checked by content, then queued.
+"""New jobs from upload forms: files stream into storage, are checked by content, then queued.
 
-Every limit holds before or while the body streams in (headway/web/upload_body.py); the
-kind's content checks run in the checker processes (headway/web/checks.py), never on the
-event loop. Nothing is half-written: the job's folder is filled first and removed again on
-any refusal, and the record is created only once every file has been accepted.
+Every limit holds before or while the body streams in (headway/web/upload_body.py); each file
+goes into the storage (headway/storage.py) as it arrives, under its key in the new job's
+inputs. The kind's content checks run in the checker processes (headway/web/checks.py) on
+this node's spooled copy, never on the event loop. Nothing is half-written: a file becomes
+visible in storage only once every file has been accepted, any refusal aborts them all, and
+the record is created only after that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import unicodedata
-from pathlib import Path
 
 from flask import (
     Blueprint,
@@ -33,6 +32,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import ValidationError
 
 from headway.limits import LimitExceeded
+from headway.storage import Storage, StorageError, input_key
 from headway.store import new_job_id
 from headway.web import check_new_job, client_address, current_owner, is_htmx, services
 from headway.web.checks import ChecksBusy
@@ -46,6 +46,7 @@ from headway.web.upload_body import (
     SpooledFile,
     Upload,
     discard_body,
+    storage_unavailable,
 )
 from jobs import control, kinds
 
@@ -87,7 +88,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def spool(app: Flask | None = None) -> Spool:
-    """The process's upload spool, beside the job folders."""
+    """The process's upload spool: the folder on this node that uploads pass through."""
     app = app or current_app
     if "headway_spool" not in app.extensions:
         folder = app.extensions["headway"].settings.instance_path / "uploads"
@@ -95,33 +96,48 @@ def spool(app: Flask | None = None) -> Spool:
     return app.extensions["headway_spool"]
 
 
-def save_inputs(kind: kinds.JobKind, job_dir: Path, files: list[SpooledFile]) -> list[str]:
-    """Check counts and contents (in the checker processes) and place the files; raises
-    Refused. The spool's files become the job's inputs by hard links."""
+class InputFiles:
+    """Where an upload's files go: the new job's input keys, under names made safe and
+    unique. A file is spooled whole on this node only when the kind checks content."""
+
+    def __init__(self, storage: Storage, job_id: str, spool: Spool, keep_local: bool):
+        self.storage, self.job_id, self.spool, self.keep_local = storage, job_id, spool, keep_local
+        self.taken: set[str] = set()
+
+    def __call__(self, filename: str) -> SpooledFile:
+        name = _unique(safe_name(filename, len(self.taken)), self.taken)
+        try:
+            target = self.storage.new_upload(
+                input_key(self.job_id, name), self.spool.directory, self.keep_local
+            )
+        except (StorageError, OSError):
+            raise storage_unavailable() from None
+        return SpooledFile(filename, name, target)
+
+
+def save_inputs(kind: kinds.JobKind, files: list[SpooledFile]) -> list[str]:
+    """Check counts and contents (in the checker processes), then commit every file to
+    storage; raises Refused. Returns the files' names."""
     if len(files) < kind.min_files:
         raise Refused(f"Choose at least {kind.min_files} file{'s' * (kind.min_files > 1)}.")
-    input_dir = job_dir / "input"
-    input_dir.mkdir(parents=True)
-    names: list[str] = []
-    for index, upload in enumerate(files):
-        name = _unique(safe_name(upload.filename, index), set(names))
+    for upload in files:
         if upload.size == 0:
-            raise Refused(f"“{name}” is empty.")
-        target = input_dir / name
-        try:
-            os.link(upload.path, target)
-        except OSError:
-            shutil.copyfile(upload.path, target)
-        names.append(name)
+            raise Refused(f"“{upload.name}” is empty.")
     if kind.check_file is not None:
-        for name in names:
+        for upload in files:
             try:
-                reason = services().checks.check(kind.slug, str(input_dir / name))
+                reason = services().checks.check(kind.slug, str(upload.path))
             except ChecksBusy as busy:
                 raise Refused(str(busy), 503, busy.retry_after) from None
             if reason:
-                raise Refused(f"“{name}” was refused: {reason}.")
-    return names
+                raise Refused(f"“{upload.name}” was refused: {reason}.")
+    try:
+        for upload in files:
+            upload.commit()
+    except (StorageError, OSError) as exc:
+        current_app.logger.error("could not store an upload: %s", exc)
+        raise storage_unavailable() from None
+    return [upload.name for upload in files]
 
 
 def before_upload():
@@ -231,9 +247,10 @@ def _csrf_problem(token: str | None) -> str | None:
     return None
 
 
-def _read_body(kind: kinds.JobKind, renew) -> Upload:
+def _read_body(kind: kinds.JobKind, job_id: str, renew) -> Upload:
     """The form fields and spooled files; raises Refused."""
-    settings = services().settings
+    svc = services()
+    settings = svc.settings
     mimetype, options = request.mimetype, request.mimetype_params
     header_token = request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
     if mimetype == "application/x-www-form-urlencoded":  # a form without files
@@ -263,7 +280,7 @@ def _read_body(kind: kinds.JobKind, renew) -> Upload:
             min_rate=settings.upload_min_rate,
             window=settings.upload_rate_window,
         ),
-        spool(),
+        InputFiles(svc.store.storage, job_id, spool(), keep_local=kind.check_file is not None),
         _csrf_problem,
         header_token,
         on_progress=renew,
@@ -290,7 +307,7 @@ def new_job(slug: str):
     owner, address = current_owner(), client_address()
     form = None
     upload: Upload | None = None
-    job_dir = None
+    job_id = new_job_id()
     try:
         with contextlib.ExitStack() as held:
             try:
@@ -303,16 +320,14 @@ def new_job(slug: str):
                 _finish_unread_body()
                 raise Refused(str(exc), exc.status, exc.retry_after) from None
             every = svc.settings.upload_rate_window / 2
-            upload = _read_body(kind, lambda: lease.renew(every))
+            upload = _read_body(kind, job_id, lambda: lease.renew(every))
             form = kind.options(upload.fields) if kind.options else None
             if form is not None and not form.validate():
                 problems = [
                     f"{field.label.text}: {message}" for field in form for message in field.errors
                 ]
                 raise Refused("Please correct the highlighted fields.", problems=problems)
-            job_id = new_job_id()
-            job_dir = svc.store.job_dir(job_id)
-            names = save_inputs(kind, job_dir, upload.files)
+            names = save_inputs(kind, upload.files)
             params = json.loads(json.dumps(form.data if form else {}, default=str))
             control.submit(
                 kind,
@@ -324,18 +339,24 @@ def new_job(slug: str):
                 store=svc.store,
             )
     except Refused as refusal:
-        if job_dir is not None:
-            shutil.rmtree(job_dir, ignore_errors=True)
+        _forget(upload, job_id)
         return _refusal(kind, form, refusal)
     except BaseException:
-        if job_dir is not None:
-            shutil.rmtree(job_dir, ignore_errors=True)
+        _forget(upload, job_id)
         raise
-    finally:
-        if upload is not None:
-            upload.discard()  # accepted files live on as hard links in the job folder
     svc.limits.record_job(owner, address, job_id)
     page = url_for("pages.job_page", job_id=job_id)
     if is_htmx():
         return Response(headers={"HX-Redirect": page})
     return redirect(page, code=303)
+
+
+def _forget(upload: Upload | None, job_id: str) -> None:
+    """Leave nothing of a refused or failed upload: its spool files, its unfinished
+    uploads, and whatever of it was already committed to storage."""
+    if upload is None:
+        return
+    upload.discard()
+    if any(f.committed for f in upload.files):
+        with contextlib.suppress(StorageError, OSError):
+            services().store.storage.remove_job(job_id)
