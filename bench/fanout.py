@@ -142,13 +142,12 @@ class HeadwayWriter:
 
 
 class PeerWriter:
-    """The peer's worker side: HSET the state and flask-sse's publish, per job and update."""
+    """The peer's worker side: HSET the state and publish flask-sse's message, per update."""
 
     def __init__(self, redis_url: str, jobs: int):
         from bench import peer_flask_sse  # flask-sse is installed by the time this runs
 
         self.peer = peer_flask_sse
-        self.app = peer_flask_sse.create_app(redis_url)
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.ids = [secrets.token_hex(16) for _ in range(jobs)]
         self.versions = dict.fromkeys(self.ids, 0)
@@ -168,13 +167,13 @@ class PeerWriter:
         state = {"version": version, "status": status, "progress": f"{progress:.1f}"}
         payload = f'<section id="job-progress" data-version="{version}">\n{PEER_PAYLOAD}</section>'
         started = time.time()
-        self.peer.publish_state(self.app, self.client, job, state, payload)
+        self.peer.publish_state(self.client, job, state, payload)
         self._writes[job][str(version)] = started
 
     def idle(self) -> None:
         if time.monotonic() - self._last_ping >= PING_EVERY:
             for job in self.ids:
-                self.peer.publish_ping(self.app, job)
+                self.peer.publish_ping(self.client, job)
             self._last_ping = time.monotonic()
 
     def tick(self, i: int, total: int) -> None:

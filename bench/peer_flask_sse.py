@@ -5,11 +5,12 @@
 `/stream?channel=job-<id>` is flask-sse's own stream view: one Redis pub/sub subscription
 (and connection) per client, messages forwarded as published. `/poll/<id>` is the JSON
 polling alternative: the job's state from a Redis hash, read through a blocking pool.
-`publish_state` is the writer side: one HSET of the state plus flask-sse's `sse.publish`.
+`publish_state` is the writer side: one HSET of the state plus flask-sse's message, published.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import redis
@@ -45,15 +46,22 @@ def create_app(redis_url: str | None = None) -> Flask:
     return app
 
 
-def publish_state(app: Flask, client: redis.Redis, job: str, state: dict, payload: str) -> None:
-    """Write the state for pollers, then publish it (as `done` once final) for streams."""
-    client.hset(state_key(job), mapping=state)
+def publish_state(client: redis.Redis, job: str, state: dict, payload: str) -> None:
+    """Write the state for pollers, then publish it (as `done` once final) for streams.
+
+    flask-sse's own message format (what `sse.publish` sends), through one persistent
+    connection in one round trip: `sse.publish` opens a new connection per call, which held
+    the writer to 3 of its 10 writes a second per job, so the peer carried less load than
+    Headway in the same run.
+    """
     event = "done" if state["status"] == "succeeded" else "progress"
-    with app.app_context():
-        sse.publish(payload, type=event, id=state["version"], channel=channel(job))
+    message = json.dumps({"data": payload, "type": event, "id": state["version"]})
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(state_key(job), mapping=state)
+    pipe.publish(channel(job), message)
+    pipe.execute()
 
 
-def publish_ping(app: Flask, job: str) -> None:
+def publish_ping(client: redis.Redis, job: str) -> None:
     """An event without an id: flask-sse sends no response headers until its first event."""
-    with app.app_context():
-        sse.publish("", type="ping", channel=channel(job))
+    client.publish(channel(job), json.dumps({"data": "", "type": "ping"}))
