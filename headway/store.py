@@ -534,6 +534,11 @@ class JobStore:
             self.client.zrem(RUNNING, job_id)  # finished or gone: nothing to watch
         return result.ok
 
+    def stop_wanted(self, job_id: str) -> bool:
+        """Whether a running attempt must stop: cancelled, finished (reaped), or gone."""
+        status, cancel = self.client.hmget(self.key(job_id), "status", "cancel_requested")
+        return status is None or cancel == "1" or status not in ("running", "retrying")
+
     def owner_running_count(self, owner: str) -> int:
         return sum(1 for job in self.list_for_owner(owner) if not job.finished)
 

@@ -184,14 +184,12 @@ class _Watch:
 
     def _cancel_wanted(self) -> bool:
         try:
-            status, cancel = self.store.client.hmget(
-                self.store.key(self.job_id), "status", "cancel_requested"
-            )
+            wanted = self.store.stop_wanted(self.job_id)
         except redis.RedisError as exc:
             self._unreachable(exc)
             return False
         self._reachable()
-        return status is None or cancel == "1" or status not in ("running", "retrying")
+        return wanted
 
     def _unreachable(self, exc: Exception) -> None:
         if not self.redis_down:
