@@ -47,7 +47,8 @@ class Plan:
 
 
 def _single(*counts: int) -> tuple[tuple[str, int, int], ...]:
-    return tuple((s, n, 1) for n in counts for s in ("headway", "flask-sse", "polling"))
+    systems = ("headway", "flask-sse", "polling", "floor")
+    return tuple((s, n, 1) for n in counts for s in systems)
 
 
 FULL = Plan(
@@ -55,6 +56,7 @@ FULL = Plan(
         *_single(100, 1000, 5000),
         ("headway", 1000, 100),
         ("flask-sse", 1000, 100),
+        ("floor", 1000, 100),
         ("headway", 5000, 100),
     ),
     duration=10.0,
@@ -66,7 +68,7 @@ FULL = Plan(
     output=ROOT / "bench" / "RESULTS.md",
 )
 QUICK = Plan(
-    fanout=(*_single(100, 1000), ("headway", 1000, 100)),
+    fanout=(*_single(100, 1000), ("headway", 1000, 100), ("floor", 1000, 100)),
     duration=5.0,
     report_calls=1_000_000,
     timed_writes=1000,

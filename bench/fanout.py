@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,11 +43,11 @@ from jobs.reporter import ProgressReporter
 RATE = 10  # updates per second per job
 HEARTBEAT_EVERY = 5.0  # while clients connect, as the real reporter's heartbeat would
 PING_EVERY = 0.5  # flask-sse only: an event so that waiting clients get response headers
-PEER_PAYLOAD = "".join(  # about the size of Headway's fragment (4.9 KB with 10 item bars)
+PEER_PAYLOAD = "".join(  # about the size of Headway's message while a job runs (2.3 KB)
     f'<li class="item"><span>item-{i}.dat</span><div class="bar"><div style="width: 50%">'
     f"</div></div></li>\n"
     for i in range(50)
-)[:4800]
+)[:2300]
 
 
 @dataclasses.dataclass
@@ -188,6 +189,60 @@ class PeerWriter:
         return {str(i): self._writes[job] for i, job in enumerate(self.ids)}
 
 
+class FloorWriter(PeerWriter):
+    """The floor's worker side: each version framed as SSE once, published to the job's
+    channel; the floor server writes those bytes as they are to every watching socket."""
+
+    def paths(self, mode: str) -> list[str]:
+        return [f"/stream/{job}" for job in self.ids]
+
+    def _write(self, job: str, status: str, progress: float) -> None:
+        self.versions[job] += 1
+        version = self.versions[job]
+        event = "done" if status == "succeeded" else "progress"
+        lines = "".join(f"data: {line}\n" for line in PEER_PAYLOAD.splitlines())
+        message = f"id: {version}\nevent: {event}\n{lines}\n"
+        started = time.time()
+        self.client.publish(f"floor:{job}", message)
+        self._writes[job][str(version)] = started
+
+    def idle(self) -> None:
+        pass  # the floor sends its headers at once
+
+
+class FloorServer:
+    """`python -m bench.floor`, with the interface of a WebServer that fanout needs."""
+
+    def __init__(self, redis_url: str):
+        from bench.servers import LOGS, free_port
+
+        self.name = "floor"
+        self.port = free_port()
+        self.log_path = LOGS / "floor.log"
+        self.process = spawn(
+            [sys.executable, "-m", "bench.floor", "--port", str(self.port), "--redis", redis_url],
+            "floor",
+            cwd=ROOT,
+        )
+        self.worker = psutil.Process(self.process.pid)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the floor server did not start") from None
+                time.sleep(0.1)
+
+    def log_messages(self) -> dict[str, int]:
+        return {}
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 class LoadGenerator:
     """The `bench.loadgen` process, its latest status line and its final result."""
 
@@ -251,11 +306,14 @@ def run_fanout(
     ramp: float = 60.0,
     drain: float = 30.0,
 ) -> FanoutResult:
-    """One scenario. `system`: "headway" (SSE), "flask-sse" or "polling" (the peer's JSON)."""
+    """One scenario. `system`: "headway" (SSE), "flask-sse", "polling" (the peer's JSON) or
+    "floor" (bench/floor.py: the least a server can do)."""
     bench_redis.client().flushall()
     mode = "poll" if system == "polling" else "sse"
     if system == "headway":
         server = WebServer("headway", "app:create_app()", bench_redis.url)
+    elif system == "floor":
+        server = FloorServer(bench_redis.url)
     else:
         server = WebServer(
             "peer", "bench.peer_flask_sse:create_app()", bench_redis.url, ready_path="/poll/x"
@@ -266,6 +324,8 @@ def run_fanout(
         if system == "headway":
             owner = secrets.token_urlsafe(24)
             writer, cookie = HeadwayWriter(bench_redis.url, jobs, owner), session_cookie(owner)
+        elif system == "floor":
+            writer, cookie = FloorWriter(bench_redis.url, jobs), ""
         else:
             writer, cookie = PeerWriter(bench_redis.url, jobs), ""
         load = LoadGenerator(server.port, mode, clients, writer.paths(mode), cookie)

@@ -18,7 +18,12 @@ from bench.reporter_cost import Cost
 from bench.sizes import SizeResult
 from bench.upload import UploadResult
 
-SYSTEMS = {"headway": "Headway SSE", "flask-sse": "flask-sse", "polling": "JSON polling 1/s"}
+SYSTEMS = {
+    "headway": "Headway SSE",
+    "flask-sse": "flask-sse",
+    "polling": "JSON polling 1/s",
+    "floor": "floor (direct writes)",
+}
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -78,6 +83,9 @@ def fanout_table(results: list[FanoutResult]) -> str:
     return table(headers, rows)
 
 
+PEERS = ("flask-sse", "polling", "floor")
+
+
 def comparison_table(results: list[FanoutResult]) -> str:
     """Headway against each peer, for every client count they share (one job)."""
     by_key = {(r.system, r.clients, r.jobs): r for r in results}
@@ -95,14 +103,14 @@ def comparison_table(results: list[FanoutResult]) -> str:
     for (system, clients, jobs), mine in sorted(by_key.items(), key=lambda kv: kv[0][1:]):
         if system != "headway":
             continue
-        peers = [by_key.get((peer, clients, jobs)) for peer in ("flask-sse", "polling")]
+        peers = [by_key.get((peer, clients, jobs)) for peer in PEERS]
         for name, get, digits in metrics:
             row = [f"{clients:,} on {jobs}", name, _num(get(mine), digits)]
             row += [_num(get(p), digits) if p else "–" for p in peers]
             row += [_ratio(get(mine), get(p)) if p else "–" for p in peers]
             rows.append(row)
-    headers = ["Clients on jobs", "Metric", "Headway", "flask-sse", "JSON polling"]
-    headers += ["Headway / flask-sse", "Headway / polling"]
+    headers = ["Clients on jobs", "Metric", "Headway", *(SYSTEMS[p] for p in PEERS)]
+    headers += [f"Headway / {SYSTEMS[p]}" for p in PEERS]
     return table(headers, rows)
 
 

@@ -95,6 +95,24 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 "Memory per held stream is too high.",
             ),
         ]
+    r, floor = _find(results, "headway", 1000), _find(results, "floor", 1000)
+    if r and floor:
+        targets += [
+            _target(
+                "1,000 watchers of one job: web CPU per delivered message <= 15 µs",
+                f"{r.cpu_per_message_us:,.0f} µs (floor: {floor.cpu_per_message_us:,.0f} µs)",
+                r.cpu_per_message_us <= 15,
+                "Each stream is a greenlet that wakes, asks for its message and writes it "
+                "through the WSGI server's chunked framing; the floor writes one buffer "
+                "straight to each socket from one greenlet.",
+            ),
+            _target(
+                "1,000 watchers of one job: client-seen p99 <= 1.25x the floor's",
+                f"{r.p99_ms:,.0f} ms vs floor {floor.p99_ms:,.0f} ms",
+                r.p99_ms <= 1.25 * floor.p99_ms,
+                "As above: fan-out work per stream, one stream after another.",
+            ),
+        ]
     mine = [r for r in results if r.system == "headway"]
     if mine:
         most = max(r.redis_conns for r in mine)

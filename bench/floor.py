@@ -1,0 +1,78 @@
+"""The floor: the least any server can do to fan a message out to its streams.
+
+    python -m bench.floor --port P --redis URL
+
+A gevent server that answers every GET with event-stream headers and keeps the socket, and
+one greenlet per job channel that writes each message published on it, already framed as
+SSE by the writer, straight to every socket watching that job: no WSGI, no per-stream
+greenlet wake-up, no reads, no rendering. What Headway's fan-out costs above this on the
+same machine is Headway's own; what this costs is the machine's (and the load generator's).
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+
+import gevent  # noqa: E402
+import redis  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\r\n"
+CHANNEL_PREFIX = "floor:"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", required=True)
+    args = parser.parse_args()
+    watchers: dict[str, set] = collections.defaultdict(set)
+
+    def handle(sock, address) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        path = request.split(b" ", 2)[1].decode()
+        if not path.startswith("/stream/"):
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        job = path.removeprefix("/stream/")
+        sock.sendall(HEAD + b"retry: 1000\n\n")
+        watchers[job].add(sock)
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            watchers[job].discard(sock)
+
+    def broadcast() -> None:
+        client = redis.Redis.from_url(args.redis)
+        pubsub = client.pubsub()
+        pubsub.psubscribe(CHANNEL_PREFIX + "*")
+        for message in pubsub.listen():
+            if message["type"] != "pmessage":
+                continue
+            job = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
+            data = message["data"]
+            for sock in list(watchers.get(job, ())):
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    watchers[job].discard(sock)
+
+    gevent.spawn(broadcast)
+    StreamServer(("127.0.0.1", args.port), handle, backlog=4096).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
