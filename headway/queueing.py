@@ -85,7 +85,8 @@ def _rewrite(store: JobStore) -> None:
     left = [job_id for job_id, r in zip(ids, records, strict=True) if r[0] != "queued"]
     if left:
         client.zrem(QUEUED, *left)
-    mean = mean_duration(store) if consumers else None
+    # A running job has a live worker too (a consumer's own heartbeat may lag behind).
+    mean = mean_duration(store) if consumers or running else None
     for ahead, (job_id, (_, stored_ahead, stored_eta)) in enumerate(queued):
         eta = ""
         if mean is not None:

@@ -122,6 +122,7 @@ KINDS.append(
         max_files=3,
         max_total_bytes=1_000_000,
         options=StepOptions,
+        stages=(("Work", 1),),
     )
 )
 

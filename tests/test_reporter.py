@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 
 import pytest
@@ -151,9 +152,9 @@ def test_eta_is_smoothed_and_never_counts_up_while_the_job_advances():
         now += 1.0
         progress += speed
         shown.append(eta.update(now, progress, speed))
-    assert all(b <= a for a, b in zip(shown, shown[1:], strict=False)), shown
+    assert all(b <= a for a, b in itertools.pairwise(shown)), shown
     raw_swing = (100 - 5) / 0.25 - (100 - 5) / 2.0
-    assert max(a - b for a, b in zip(shown, shown[1:], strict=False)) < raw_swing / 4
+    assert max(a - b for a, b in itertools.pairwise(shown)) < raw_swing / 4
     # Rounded for people, the text never goes up either.
     texts = [about(s) for s in shown]
     minutes = [0 if t.startswith("less") else int(t.split()[1]) for t in texts]
