@@ -604,6 +604,7 @@ def test_the_job_list_filters_pages_and_clears_finished_jobs(server, context, pa
     assert page.url == f"{base}/jobs?page=2"
     expect(page.get_by_role("link", name="Older jobs")).to_have_count(0)
     expect(page.get_by_role("link", name="Newer jobs")).to_be_visible()
+    assert_accessible(page, "the job list, second page")
 
     page.select_option("#status-filter", "failed")
     page.get_by_role("button", name="Filter").click()
