@@ -31,6 +31,7 @@ class Settings:
     report_interval: float = 0.1
     log_lines: int = 50
     max_items: int = 500
+    jobs_per_page: int = 20
     transport: str = "auto"
     keepalive_seconds: float = 15.0
     stream_max_seconds: float = 600.0
@@ -84,6 +85,7 @@ class Settings:
             report_interval=_float("HEADWAY_REPORT_INTERVAL", cls.report_interval),
             log_lines=_int("HEADWAY_LOG_LINES", cls.log_lines),
             max_items=_int("HEADWAY_MAX_ITEMS", cls.max_items),
+            jobs_per_page=max(1, _int("HEADWAY_JOBS_PER_PAGE", cls.jobs_per_page)),
             transport=os.environ.get("HEADWAY_TRANSPORT", cls.transport),
             keepalive_seconds=_float("HEADWAY_KEEPALIVE_SECONDS", cls.keepalive_seconds),
             stream_max_seconds=_float("HEADWAY_STREAM_MAX_SECONDS", cls.stream_max_seconds),

@@ -8,6 +8,8 @@ Keys (prefix `hw:`):
     hw:owner:<owner>     sorted set: the owner's job ids by creation time
     hw:running           sorted set: ids of `running` jobs by last heartbeat (for the reaper)
     hw:retention         sorted set: "<id>:<owner>" of finished jobs by removal time
+    hw:queued            sorted set: ids of jobs created `queued`, by creation time (for their
+                         place in the queue; headway/queueing.py drops those that left it)
 Every change publishes "<id> <owner>" on the channel `hw:changes`; readers re-read the hash.
 """
 
@@ -33,6 +35,7 @@ CHANNEL = "hw:changes"
 RUNNING = "hw:running"
 RETENTION = "hw:retention"
 CONSUMERS = "hw:consumers"
+QUEUED = "hw:queued"
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
@@ -50,9 +53,12 @@ if not status then return {'missing', '', ''} end
 local f = cjson.decode(ARGV[2])
 local final = {succeeded=true, failed=true, cancelled=true, interrupted=true}
 if final[status] then
-  -- the one write a finished job accepts: the link to the attempt that retries it
-  local only_link = f.retried_as ~= nil
-  for k, _ in pairs(f) do if k ~= 'retried_as' then only_link = false end end
+  -- the one write a finished job accepts: the link to the attempt that retries it (whole,
+  -- or only its failed items)
+  local only_link = next(f) ~= nil
+  for k, _ in pairs(f) do
+    if k ~= 'retried_as' and k ~= 'retried_items_as' then only_link = false end
+  end
   if not only_link then return {'final', status, f.status or f.progress or ''} end
 end
 local cutoff = ARGV[8]
@@ -150,11 +156,25 @@ class ItemProgress:
     percent: float
     status: str  # "pending", "running", "done", "failed"
     index: int = 0  # its place among the job's items (set when read)
+    reason: str = ""  # why it failed, when it did
 
     @classmethod
     def parse(cls, index: str, raw: str) -> ItemProgress:
-        name, percent, status = json.loads(raw)
-        return cls(name, percent, status, int(index))
+        name, percent, status, *rest = json.loads(raw)
+        return cls(name, percent, status, int(index), rest[0] if rest else "")
+
+    def encode(self) -> str:
+        fields = [self.name, round(self.percent, 1), self.status]
+        return json.dumps([*fields, self.reason] if self.reason else fields)
+
+
+@dataclasses.dataclass
+class Problem:
+    """A failed item as the job's record names it: its index, name and reason."""
+
+    index: int
+    name: str
+    reason: str
 
 
 @dataclasses.dataclass
@@ -204,6 +224,10 @@ class JobState:
     inputs: list[str]
     log_total: int = 0  # log lines ever written (the list keeps the newest few)
     worker: str = ""  # "host:pid" of the worker running (or that ran) the latest attempt
+    queue_ahead: int | None = None  # while queued: jobs ahead of it in the queue
+    queue_eta: float | None = None  # while queued: seconds until it likely starts
+    problems: list[Problem] = dataclasses.field(default_factory=list)  # failed items
+    retried_items_as: str = ""  # the attempt that retries only the failed items
 
     @property
     def finished(self) -> bool:
@@ -262,6 +286,10 @@ class JobState:
             inputs=json.loads(h.get("inputs") or "[]"),
             log_total=int(num("log_total")),
             worker=h.get("worker", ""),
+            queue_ahead=int(h["queue_ahead"]) if h.get("queue_ahead") else None,
+            queue_eta=opt("queue_eta"),
+            problems=[Problem(*p) for p in json.loads(h.get("problems") or "[]")],
+            retried_items_as=h.get("retried_items_as", ""),
         )
 
 
@@ -351,6 +379,7 @@ class JobStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key(job_id), mapping={k: _str(v) for k, v in record.items()})
         pipe.zadd(self.owner_key(owner), {job_id: now})
+        pipe.zadd(QUEUED, {job_id: now})
         pipe.publish(CHANNEL, f"{job_id} {owner}")
         pipe.execute()
         log.info("job %s: created kind=%s owner=%s attempt=%s", job_id, kind, owner[:8], attempt)
@@ -369,7 +398,7 @@ class JobStore:
         fields = {k: _str(v) for k, v in (fields or {}).items()}
         item_pairs: list[str] = []
         for index, item in (items or {}).items():
-            item_pairs += [str(index), json.dumps([item.name, round(item.percent, 1), item.status])]
+            item_pairs += [str(index), item.encode()]
         key = self.key(job_id)
         raw = self._update(
             keys=[key, f"{key}:log", f"{key}:items", RUNNING, RETENTION, f"{key}:itemv"],
@@ -415,6 +444,7 @@ class JobStore:
         pipe.delete(key, f"{key}:log", f"{key}:items", f"{key}:itemv")
         pipe.zrem(self.owner_key(owner), job_id)
         pipe.zrem(RUNNING, job_id)
+        pipe.zrem(QUEUED, job_id)
         pipe.zrem(RETENTION, f"{job_id}:{owner}")
         pipe.execute()
         self.storage.remove_job(job_id)
@@ -502,6 +532,32 @@ class JobStore:
             present = {job.id for job in jobs}
             self.client.zrem(self.owner_key(owner), *[i for i in ids if i not in present])
         return jobs
+
+    def page_for_owner(
+        self, owner: str, statuses: frozenset[str] | None, offset: int, limit: int
+    ) -> tuple[list[JobState], bool]:
+        """One page of the owner's jobs, newest first, only those in `statuses` (all for
+        None), and whether more follow. Reads statuses alone, a chunk at a time, until the
+        page is full: no key scans, and no whole records but the page's."""
+        wanted: list[str] = []
+        gone: list[str] = []
+        start, chunk = 0, 500
+        while len(wanted) <= offset + limit:
+            ids = self.client.zrevrange(self.owner_key(owner), start, start + chunk - 1)
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(self.key(job_id), "status")
+            for job_id, status in zip(ids, pipe.execute(), strict=True):
+                if status is None:
+                    gone.append(job_id)
+                elif statuses is None or status in statuses:
+                    wanted.append(job_id)
+            start += chunk
+        if gone:  # expired records whose index entry is not yet swept
+            self.client.zrem(self.owner_key(owner), *gone)
+        return self.get_many(wanted[offset : offset + limit]), len(wanted) > offset + limit
 
     def log_lines(self, job_id: str) -> list[dict]:
         return [json.loads(line) for line in self.client.lrange(f"{self.key(job_id)}:log", 0, -1)]

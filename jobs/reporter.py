@@ -17,11 +17,16 @@ from collections.abc import Sequence
 
 import redis
 
-from headway.store import ItemProgress, JobStore, format_log_line
+from headway.store import ItemProgress, JobStore, Problem, format_log_line
 
 log = logging.getLogger("headway.reporter")
 
 RATE_WINDOW = 10.0  # seconds of history behind rate and ETA
+# No ETA before this much evidence: a guess from the first second misleads more than none.
+ETA_MIN_SECONDS = 3.0
+ETA_MIN_PERCENT = 3.0
+ETA_SMOOTHING = 0.25  # weight of a fresh estimate against the previous one, counted down
+MAX_PROBLEMS = 100  # failed items named in the record (the count has them all)
 
 
 class JobCancelled(Exception):
@@ -71,6 +76,8 @@ class ProgressReporter:
         self._last_write = 0.0
         self._progress_samples: collections.deque = collections.deque(maxlen=64)
         self._done_samples: collections.deque = collections.deque(maxlen=64)
+        self._eta = CalmEta()
+        self._problems: dict[int, Problem] = {}
 
         self._lock = threading.Lock()  # guards the in-memory state
         self._write_lock = threading.Lock()  # keeps writes in order
@@ -128,14 +135,30 @@ class ProgressReporter:
             self._dirty = True
         self._tick()
 
-    def item(self, index: int, name: str, percent: float, status: str = "running") -> None:
-        """Set the bar of item `index` (0-based); the first `max_items` items get a bar."""
-        if index >= self.max_items:
-            return
+    def item(
+        self, index: int, name: str, percent: float, status: str = "running", reason: str = ""
+    ) -> None:
+        """Set the bar of item `index` (0-based); the first `max_items` items get a bar.
+
+        A failed item (with its `reason`, which a person should be able to act on) is also
+        named in the job's Problems list; an item that later succeeds leaves it again.
+        """
+        reason = reason[:300]
         with self._lock:
-            self._items[index] = ItemProgress(name, max(0.0, min(100.0, percent)), status)
+            if status == "failed" and index not in self._problems:
+                if len(self._problems) < MAX_PROBLEMS:
+                    self._problems[index] = Problem(index, name[:300], reason)
+                    self._fields["problems"] = self._problem_list()
+            elif status != "failed" and self._problems.pop(index, None) is not None:
+                self._fields["problems"] = self._problem_list()
+            if index < self.max_items:
+                percent = max(0.0, min(100.0, percent))
+                self._items[index] = ItemProgress(name, percent, status, index, reason)
             self._dirty = True
         self._tick()
+
+    def _problem_list(self) -> list[list]:
+        return [[p.index, p.name, p.reason] for _, p in sorted(self._problems.items())]
 
     def log(self, message: str, level: str = "info") -> None:
         """Add a line to the job's recent log; warnings and errors are written at once."""
@@ -175,7 +198,7 @@ class ProgressReporter:
         self._done_samples.append((mono, self.done))
         rate = _slope(self._done_samples, mono)
         speed = _slope(self._progress_samples, mono)
-        eta = (100.0 - progress) / speed if speed > 0 else None
+        eta = self._eta.update(mono, progress, speed)
         fields = {
             "progress": progress,
             "stage": self.stages[self.stage_index][0],
@@ -287,6 +310,50 @@ class ProgressReporter:
                     pass  # the work thread sees the flag at its next report
                 except Exception:  # never let the heartbeat die silently
                     log.exception("job %s: heartbeat write failed", self.job_id)
+
+
+class CalmEta:
+    """An ETA a person can trust: none until there is evidence (`min_seconds` of work and
+    `min_percent` of progress since the first report), then the raw estimate smoothed
+    against the previous one counted down, and never above the previous one while the job
+    advances (it may rise only while the job stands still). Rounding for people is the
+    page's (headway/web/format.py), so that the JSON keeps seconds."""
+
+    def __init__(
+        self,
+        min_seconds: float = ETA_MIN_SECONDS,
+        min_percent: float = ETA_MIN_PERCENT,
+        smoothing: float = ETA_SMOOTHING,
+    ):
+        self.min_seconds, self.min_percent, self.smoothing = min_seconds, min_percent, smoothing
+        self._start: tuple[float, float] | None = None
+        self._last: tuple[float, float, float] | None = None  # (time, progress, eta)
+
+    def update(self, now: float, progress: float, speed: float) -> float | None:
+        """The ETA in seconds at monotonic time `now`, or None while unknown."""
+        if self._start is None:
+            self._start = (now, progress)
+        started_at, started_with = self._start
+        if (
+            now - started_at < self.min_seconds
+            or progress - started_with < self.min_percent
+            or speed <= 0
+            or progress >= 100.0
+        ):
+            if self._last is not None and speed <= 0:
+                self._last = None  # stalled: the old estimate means nothing now
+            return None
+        raw = (100.0 - progress) / speed
+        if self._last is None:
+            eta = raw
+        else:
+            at, was_progress, was_eta = self._last
+            counted = max(0.0, was_eta - (now - at))
+            eta = counted + self.smoothing * (raw - counted)
+            if progress > was_progress:
+                eta = min(eta, was_eta)
+        self._last = (now, progress, eta)
+        return eta
 
 
 def _slope(samples: collections.deque, now: float) -> float:

@@ -19,6 +19,7 @@ from huey import crontab
 from huey import signals as S
 from huey.exceptions import CancelExecution
 
+from headway import queueing
 from headway.storage import HOST, StorageError, input_key
 from headway.store import UpdateResult, format_log_line
 from jobs import kinds, sandbox
@@ -153,6 +154,16 @@ def on_executing(signal, task, *args) -> None:
     else:
         fields["started_at"] = now
     _write_final(job_id, fields, f"Attempt {fields.get('attempt', job.attempt)} started")
+    queueing.refresh(job_store())  # one job fewer waits
+
+
+def _ended(job_id: str) -> None:
+    """A job left its worker slot: its run time counts towards the pace; the queue moves."""
+    store = job_store()
+    job = store.get(job_id)
+    if job is not None and job.started_at and job.status in ("succeeded", "failed"):
+        queueing.record_duration(store, (job.finished_at or time.time()) - job.started_at)
+    queueing.refresh(store)
 
 
 @huey.signal(S.SIGNAL_COMPLETE)
@@ -169,6 +180,7 @@ def on_complete(signal, task, *args) -> None:
             },
             "Job succeeded",
         )
+        _ended(task.args[0])
 
 
 @huey.signal(S.SIGNAL_ERROR)
@@ -196,6 +208,7 @@ def on_error(signal, task, exc=None, *args) -> None:
             message,
             "error",
         )
+    _ended(task.args[0])
 
 
 @huey.signal(S.SIGNAL_CANCELED, S.SIGNAL_REVOKED)
@@ -207,6 +220,7 @@ def on_cancelled(signal, task, *args) -> None:
             "Job cancelled",
             "warning",
         )
+        _ended(task.args[0])
 
 
 @huey.signal(S.SIGNAL_INTERRUPTED)
@@ -223,6 +237,7 @@ def on_interrupted(signal, task, *args) -> None:
             "Worker shut down",
             "error",
         )
+        _ended(task.args[0])
 
 
 def reap_stale_jobs() -> int:

@@ -1,6 +1,8 @@
 /* Headway's page behaviour: the live connection shared by all tabs (the hub is in
-   headway-live.js), the connection indicator, fallback to polling, tab title, upload bar.
-   Plain JavaScript on top of htmx; no build step. */
+   headway-live.js), the connection indicator, fallback to polling, the tab's title and
+   favicon, "notify me when it finishes", what a screen reader hears as the job moves,
+   times in the reader's time zone, and the upload form (drop, list, remove, limits,
+   speed, cancel). Plain JavaScript on top of htmx; no build step. */
 (function () {
   "use strict";
 
@@ -35,6 +37,126 @@
     if (progress && title) {
       document.title = progress.dataset.percent + "% · " + title.dataset.title;
     }
+    drawFavicon();
+    announce();
+    maybeNotify();
+  }
+
+  // -- the favicon: the job's progress as a ring, then its outcome, seen from other tabs --
+  var ICON_COLORS = { ring: "#d9dee3", run: "#2a62c9", ok: "#1f8a4c", bad: "#c0392b",
+                      off: "#5d6875" };
+  var iconKey = null;
+
+  function drawFavicon() {
+    var progress = byId("job-progress"), link = byId("favicon");
+    if (!progress || !link) { return; }
+    var status = progress.dataset.status, pct = Number(progress.dataset.percent) || 0;
+    var key = status + ":" + pct;
+    if (key === iconKey) { return; }
+    var canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 32;
+    var g = canvas.getContext("2d");
+    if (!g) { return; }
+    iconKey = key;
+    g.lineCap = "round";
+    if (status === "succeeded" || status === "failed" || status === "interrupted" ||
+        status === "cancelled") {
+      g.fillStyle = status === "succeeded" ? ICON_COLORS.ok :
+        (status === "cancelled" ? ICON_COLORS.off : ICON_COLORS.bad);
+      g.beginPath(); g.arc(16, 16, 15, 0, 2 * Math.PI); g.fill();
+      g.strokeStyle = "#fff"; g.lineWidth = 4; g.beginPath();
+      if (status === "succeeded") { // a tick
+        g.moveTo(9, 16.5); g.lineTo(14, 21.5); g.lineTo(23, 11);
+      } else if (status === "cancelled") { // a bar
+        g.moveTo(10, 16); g.lineTo(22, 16);
+      } else { // a cross
+        g.moveTo(10.5, 10.5); g.lineTo(21.5, 21.5); g.moveTo(21.5, 10.5); g.lineTo(10.5, 21.5);
+      }
+      g.stroke();
+    } else {
+      g.lineWidth = 6;
+      g.strokeStyle = ICON_COLORS.ring;
+      g.beginPath(); g.arc(16, 16, 12, 0, 2 * Math.PI); g.stroke();
+      if (pct > 0) {
+        g.strokeStyle = ICON_COLORS.run;
+        g.beginPath();
+        g.arc(16, 16, 12, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * Math.min(pct, 100) / 100);
+        g.stroke();
+      }
+    }
+    link.href = canvas.toDataURL("image/png");
+    link.dataset.state = key;
+  }
+
+  // -- a polite live region: stage changes, every 10 %, the outcome; nothing else ---------
+  var announced = null; // what was last said: {status, stage, tens}
+
+  function announce() {
+    var header = byId("job-header"), box = byId("job-announcer");
+    if (!header || !box) { return; }
+    var now = { status: header.dataset.status, stage: header.dataset.stage,
+                tens: Math.floor(Number(header.dataset.percent) / 10) };
+    if (announced === null) { announced = now; return; } // what the page showed on load
+    var parts = [];
+    if (FINAL.indexOf(now.status) !== -1) {
+      if (now.status !== announced.status) { parts.push(outcomeText(now.status)); }
+    } else {
+      if (now.stage && now.stage !== announced.stage) { parts.push("Stage: " + now.stage + "."); }
+      if (now.tens > announced.tens && now.tens < 10) { parts.push(now.tens * 10 + " percent."); }
+    }
+    if (now.tens < announced.tens && FINAL.indexOf(now.status) === -1) { now.tens = announced.tens; }
+    announced = now;
+    if (parts.length) { box.textContent = parts.join(" "); }
+  }
+
+  function outcomeText(status) {
+    var error = byId("job-error");
+    if (status === "succeeded") { return "The job succeeded. Your results are ready."; }
+    if (status === "cancelled") { return "The job was cancelled."; }
+    if (status === "interrupted") { return "The job was interrupted."; }
+    return "The job failed." + (error ? " " + error.textContent : "");
+  }
+
+  // -- "Notify me when it finishes": asked on the click, fired once, only if hidden -------
+  var notifyArmed = false, notified = false;
+
+  function setupNotify() {
+    var box = byId("notify"), button = byId("notify-button");
+    if (!box || !button || !("Notification" in window) || jobFinished()) { return; }
+    box.hidden = false;
+    showNotify();
+    button.addEventListener("click", function () {
+      if (notifyArmed) { notifyArmed = false; showNotify(); say(); return; }
+      Promise.resolve(Notification.requestPermission()).then(function (permission) {
+        notifyArmed = permission === "granted";
+        showNotify(permission === "denied" ?
+          "Notifications are blocked for this site in the browser's settings." : "");
+        say(); // an armed tab keeps its updates while hidden, to know when the job ends
+      });
+    });
+  }
+
+  function showNotify(note) {
+    var button = byId("notify-button"), text = byId("notify-note");
+    if (!button) { return; }
+    button.setAttribute("aria-pressed", notifyArmed ? "true" : "false");
+    text.textContent = note || (notifyArmed ?
+      "You will get a notification if this tab is in the background when the job ends." : "");
+  }
+
+  function maybeNotify() {
+    if (!notifyArmed || notified || !jobFinished()) { return; }
+    notified = true;
+    var box = byId("notify"), title = byId("job-title");
+    if (box) { box.hidden = true; }
+    if (document.visibilityState !== "hidden") { return; } // the page shows it already
+    var status = byId("job-progress").dataset.status;
+    try {
+      var note = new Notification((title ? title.dataset.title : "Headway") , {
+        body: outcomeText(status), tag: byId("job-progress").dataset.job, icon: byId("favicon").href,
+      });
+      note.onclick = function () { window.focus(); note.close(); };
+    } catch (e) { /* no page notifications here (Chrome on Android): the title says it */ }
   }
 
   function poll() {
@@ -67,7 +189,9 @@
     }
     return {
       type: "hello", tab: tabId, url: root.dataset.liveUrl, jobs: jobs,
-      rows: root.dataset.rows === "1", visible: document.visibilityState !== "hidden",
+      rows: root.dataset.rows === "1",
+      // A tab that will notify its person keeps its job's updates while hidden.
+      visible: document.visibilityState !== "hidden" || (notifyArmed && !notified),
     };
   }
 
@@ -235,8 +359,11 @@
 
   function formDone(form) {
     form.querySelector("button[type=submit]").disabled = false;
-    var box = byId("upload-progress");
+    form._upload = null;
+    var box = byId("upload-progress"), cancel = byId("upload-cancel"), rate = byId("upload-rate");
     if (box) { box.hidden = true; }
+    if (cancel) { cancel.hidden = true; }
+    if (rate) { rate.textContent = ""; }
   }
 
   document.addEventListener("htmx:afterRequest", function (evt) {
@@ -271,12 +398,225 @@
     box.querySelector("[role=progressbar]").setAttribute("aria-valuenow", pct);
     byId("upload-bar-fill").style.width = pct + "%";
     byId("upload-percent").textContent = pct + " %";
+    var cancel = byId("upload-cancel");
+    if (cancel) { cancel.hidden = evt.detail.loaded >= evt.detail.total; }
+    showUploadRate(evt.detail.elt, evt.detail.loaded, evt.detail.total);
   });
   document.addEventListener("htmx:beforeRequest", function (evt) {
-    if (evt.detail.elt.id === "job-form") {
+    if (evt.detail.elt.id === "job-form" && !evt.defaultPrevented) {
       evt.detail.elt.querySelector("button[type=submit]").disabled = true;
     }
   });
+
+  // -- times in the reader's own time zone ------------------------------------------------
+  // The server writes <time datetime="...Z" data-local="clock|ago|date">16:46:00 UTC</time>;
+  // here they become local ("17:46:00"), relative ("3 min ago", kept fresh) or a local
+  // date, with the full local moment as their tooltip. Without JavaScript the UTC stays.
+  var TIMES_FRESH_MS = 15000;
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function clockText(d) {
+    return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function agoText(d) {
+    var seconds = Math.max(0, Math.round((Date.now() - d.getTime()) / 1000));
+    if (seconds < 10) { return "just now"; }
+    if (seconds < 60) { return seconds + " s ago"; }
+    if (seconds < 3600) { return Math.floor(seconds / 60) + " min ago"; }
+    if (seconds < 86400) { return Math.floor(seconds / 3600) + " h ago"; }
+    return d.toLocaleDateString();
+  }
+
+  function localizeTime(el) {
+    var d = new Date(el.getAttribute("datetime"));
+    if (isNaN(d.getTime())) { return; }
+    var style = el.dataset.local, text;
+    if (style === "ago") {
+      text = agoText(d);
+    } else if (style === "date") {
+      text = d.toLocaleDateString() + " " + clockText(d).slice(0, 5);
+    } else {
+      text = clockText(d);
+    }
+    if (el.textContent !== text) { el.textContent = text; }
+    if (!el.dataset.localized) {
+      el.title = d.toLocaleString();
+      el.dataset.localized = "1";
+    }
+  }
+
+  function localizeTimes(selector) {
+    Array.prototype.forEach.call(document.querySelectorAll(selector), localizeTime);
+  }
+
+  function watchTimes() {
+    localizeTimes("time[data-local]");
+    // New times arrive with every live update: show them local before the next paint.
+    new MutationObserver(function () {
+      localizeTimes("time[data-local]:not([data-localized])");
+    }).observe(document.body, { childList: true, subtree: true });
+    window.setInterval(function () { localizeTimes("time[data-local=ago]"); }, TIMES_FRESH_MS);
+  }
+
+  // -- the upload form: drop or pick, a list with Remove, limits checked before sending ---
+  function sizeText(bytes) { // as the server's `filesize` filter: decimal units
+    if (bytes < 1000) { return bytes + " B"; }
+    var units = ["KB", "MB", "GB"], size = bytes, unit = "";
+    for (var i = 0; i < units.length; i++) {
+      size /= 1000; unit = units[i];
+      if (size < 1000) { break; }
+    }
+    return size.toFixed(1) + " " + unit;
+  }
+
+  function leftText(seconds) {
+    if (seconds < 60) { return Math.max(1, Math.ceil(seconds)) + " s left"; }
+    return "about " + Math.round(seconds / 60) + " min left";
+  }
+
+  function fileForm() {
+    var form = byId("job-form"), zone = byId("dropzone");
+    return form && zone ? { form: form, zone: zone, input: zone.querySelector("input[type=file]") }
+      : null;
+  }
+
+  function fileKey(f) { return [f.name, f.size, f.lastModified].join("/"); }
+
+  function chosenFiles(parts) {
+    if (!parts.form._chosen) { parts.form._chosen = []; }
+    return parts.form._chosen;
+  }
+
+  function addFiles(parts, files) {
+    var chosen = chosenFiles(parts), keys = chosen.map(fileKey);
+    Array.prototype.forEach.call(files, function (f) {
+      if (keys.indexOf(fileKey(f)) === -1) { chosen.push(f); keys.push(fileKey(f)); }
+    });
+    syncFiles(parts);
+  }
+
+  // The input holds exactly the listed files, so the form (htmx or not) sends those.
+  function syncFiles(parts) {
+    try {
+      var transfer = new DataTransfer();
+      chosenFiles(parts).forEach(function (f) { transfer.items.add(f); });
+      parts.input.files = transfer.files;
+    } catch (e) { /* no DataTransfer: the input keeps the browser's own choice */ }
+    showFiles(parts);
+  }
+
+  function fileProblem(parts) {
+    var chosen = chosenFiles(parts), data = parts.zone.dataset;
+    var total = chosen.reduce(function (sum, f) { return sum + f.size; }, 0);
+    var most = Number(data.maxFiles);
+    if (chosen.length > most) {
+      var extra = chosen.length - most;
+      return "Too many files: " + chosen.length + " chosen, this form takes at most " + most +
+        ". Remove " + extra + (extra === 1 ? " file." : " files.");
+    }
+    if (total > Number(data.maxBytes)) {
+      return "Too large: the files add up to " + sizeText(total) + ", more than the " +
+        data.maxLabel + " this form takes.";
+    }
+    return "";
+  }
+
+  function showFiles(parts) {
+    var chosen = chosenFiles(parts), list = byId("file-list"), summary = byId("file-summary");
+    var problem = byId("file-problem"), total = 0;
+    list.textContent = "";
+    chosen.forEach(function (f, i) {
+      total += f.size;
+      var li = document.createElement("li"), name = document.createElement("span");
+      var size = document.createElement("span"), remove = document.createElement("button");
+      name.className = "file-name"; name.textContent = f.name;
+      size.className = "size"; size.textContent = sizeText(f.size);
+      remove.type = "button"; remove.className = "remove-file"; remove.textContent = "Remove";
+      remove.setAttribute("aria-label", "Remove " + f.name);
+      remove.addEventListener("click", function () {
+        chosen.splice(i, 1);
+        syncFiles(parts);
+        var next = list.querySelectorAll(".remove-file")[Math.min(i, chosen.length - 1)];
+        (next || parts.input).focus(); // the focus stays in the list, not on a removed button
+      });
+      li.append(name, " ", size, " ", remove);
+      list.appendChild(li);
+    });
+    list.hidden = chosen.length === 0;
+    summary.hidden = chosen.length === 0;
+    summary.textContent = chosen.length + (chosen.length === 1 ? " file, " : " files, ") +
+      sizeText(total) + " of at most " + parts.zone.dataset.maxFiles + " files, " +
+      parts.zone.dataset.maxLabel + ".";
+    var text = fileProblem(parts);
+    problem.textContent = text;
+    problem.hidden = !text;
+  }
+
+  function setupFileForm() {
+    var parts = fileForm();
+    if (!parts || !parts.input) { return; }
+    byId("drop-hint").hidden = false;
+    parts.zone.classList.add("dropzone-live");
+    addFiles(parts, parts.input.files); // chosen before this script ran (back button)
+    parts.input.addEventListener("change", function () { addFiles(parts, parts.input.files); });
+    parts.zone.addEventListener("dragover", function (evt) {
+      evt.preventDefault();
+      parts.zone.classList.add("dragging");
+    });
+    parts.zone.addEventListener("dragleave", function () { parts.zone.classList.remove("dragging"); });
+    parts.zone.addEventListener("drop", function (evt) {
+      evt.preventDefault();
+      parts.zone.classList.remove("dragging");
+      if (evt.dataTransfer && evt.dataTransfer.files.length) { addFiles(parts, evt.dataTransfer.files); }
+    });
+    byId("upload-cancel").addEventListener("click", function () {
+      htmx.trigger(parts.form, "htmx:abort");
+    });
+  }
+
+  // The server may refuse anyway; these checks only spare a person a doomed upload.
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    var parts = fileForm();
+    if (!parts || evt.detail.elt !== parts.form) { return; }
+    var text = fileProblem(parts);
+    if (text) {
+      evt.preventDefault();
+      var problem = byId("file-problem");
+      problem.textContent = text;
+      problem.hidden = false;
+      return;
+    }
+    parts.form._upload = { started: performance.now(), samples: [] };
+  }, true);
+
+  document.addEventListener("htmx:sendAbort", function (evt) {
+    var form = evt.detail.elt, feedback = byId("form-feedback");
+    if (form.id !== "job-form" || !feedback) { return; }
+    formDone(form);
+    feedback.innerHTML = "";
+    var p = document.createElement("p");
+    p.className = "form-note";
+    p.id = "form-error";
+    p.setAttribute("role", "status");
+    p.textContent = "Upload cancelled: nothing was started. Your files are still chosen.";
+    feedback.appendChild(p);
+  });
+
+  // Upload speed and time left, over the last few seconds.
+  function showUploadRate(form, loaded, total) {
+    var upload = form._upload, out = byId("upload-rate");
+    if (!upload || !out) { return; }
+    var now = performance.now();
+    upload.samples.push([now, loaded]);
+    while (upload.samples.length > 2 && now - upload.samples[0][0] > 3000) { upload.samples.shift(); }
+    var first = upload.samples[0], seconds = (now - first[0]) / 1000;
+    if (seconds < 0.5) { return; }
+    var rate = (loaded - first[1]) / seconds;
+    if (rate <= 0) { out.textContent = "stalled"; return; }
+    out.textContent = sizeText(rate) + "/s · " + leftText((total - loaded) / rate);
+  }
 
   // "Job finished" notices stay a while, newest first, and never pile up.
   function tidyNotices(box) {
@@ -290,6 +630,9 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    watchTimes();
+    setupNotify();
+    setupFileForm();
     connectLive();
     var box = byId("notices");
     if (box) {

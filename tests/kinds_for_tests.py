@@ -120,6 +120,7 @@ KINDS.append(
         max_files=3,
         max_total_bytes=1_000_000,
         options=StepOptions,
+        stages=(("Work", 1),),
     )
 )
 
@@ -276,7 +277,8 @@ def many_items(ctx: JobContext) -> None:
         r.item(i, f"photo-{i:03}.jpg", 50, "running")
         time.sleep(delay)
         failed = i % 97 == 96
-        r.item(i, f"photo-{i:03}.jpg", 100, "failed" if failed else "done")
+        status, reason = ("failed", "could not be read") if failed else ("done", "")
+        r.item(i, f"photo-{i:03}.jpg", 100, status, reason=reason)
         r.log(f"photo-{i:03}.jpg: {'could not be read' if failed else 'converted'}")
         r.advance(failed=int(failed), current=f"photo-{i:03}.jpg")
     ctx.output("done.txt").write_text(f"{count}\n")

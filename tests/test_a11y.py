@@ -545,3 +545,58 @@ def test_a_whole_run_with_the_keyboard_alone(server, page, tmp_path):
     page.keyboard.press("Enter")
     page.wait_for_url(f"{base}/jobs/{second}")
     assert page.locator("#job-status").inner_text() == "cancelled"
+
+
+# --- what issue 14 added for people waiting ------------------------------------------------
+
+
+def test_states_added_for_people_waiting(server, context, page, new_context, tmp_path):
+    """The upload list refusing too many files, a job with Problems, the notify button
+    pressed, the delete and clear-finished confirmations, the list filtered and paged."""
+    base = server.url
+    audit = Audit(page)
+    notes = []
+    for i in range(4):
+        path = tmp_path / f"notes-{i}.txt"
+        path.write_text(f"line {i}\n")
+        notes.append(str(path))
+    page.goto(f"{base}/jobs/new/lines")
+    page.set_input_files("#job-form input[type=file]", notes)
+    page.locator("#file-problem").wait_for()
+    audit("the lines form, four files listed and too many for it")
+
+    token = csrf_token(page)
+    answer = context.request.post(
+        f"{base}/jobs/new/batch",
+        multipart={"csrf_token": token, "steps": "100", "delay": "0", "fail_at": "-1"},
+        max_redirects=0,
+    )
+    batch = job_id_of(answer.headers["location"])
+    open_job(page, base, batch, "succeeded")
+    page.locator("#job-problems li").first.wait_for()
+    audit("a job with a failed item, listed under Problems")
+
+    alerts = new_context(permissions=["notifications"])
+    watching = alerts.new_page()
+    watching.goto(base)
+    running = post_job(alerts, base, csrf_token(watching), steps=2000, delay=0.1)
+    open_job(watching, base, running, "running")
+    watching.get_by_role("button", name="Notify me when it finishes").click()
+    watching.locator("#notify-button[aria-pressed=true]").wait_for()
+    audit("a running job, notification asked for", watching)
+    alerts.request.post(
+        f"{base}/jobs/{running}/cancel", headers={"X-CSRFToken": csrf_token(watching)}
+    )
+
+    page.goto(f"{base}/jobs/{batch}/delete")
+    audit("the delete confirmation")
+    for _ in range(2):
+        post_job(context, base, token, steps=1, delay=0)
+    page.goto(f"{base}/jobs/clear-finished")
+    audit("the clear-finished confirmation")
+    page.goto(f"{base}/jobs?status=succeeded")
+    wait_for(lambda: page.locator("#job-rows tbody tr").count() >= 1)
+    audit("the job list, filtered")
+    page.goto(f"{base}/jobs?status=cancelled")
+    audit("the job list, filtered to nothing")
+    audit.assert_clean()

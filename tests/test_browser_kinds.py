@@ -372,9 +372,9 @@ def test_disguised_file_is_refused_in_place_and_nothing_is_lost(
     jobs_dir = store.settings.jobs_dir
     assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
 
-    # The person picks the right file and tries again, from the same form.
+    # The person removes the refused file from the list and tries again, from the same form.
     assert page.locator("#job-form button[type=submit]").is_enabled()
-    page.set_input_files("#job-form input[type=file]", [str(photos[0])])
+    page.get_by_role("button", name="Remove photo.jpg").click()
     page.click("#job-form button[type=submit]")
     page.wait_for_url(JOB_URL)
     wait_succeeded(page)

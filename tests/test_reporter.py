@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 
 import pytest
 
-from jobs.reporter import JobCancelled, ProgressReporter, _slope
+from headway.web.format import about
+from jobs.reporter import CalmEta, JobCancelled, ProgressReporter, _slope
 
 from .conftest import wait_for
 
@@ -114,14 +116,87 @@ def test_rate_and_eta_come_from_the_recent_window_not_the_start():
     assert samples[0][0] >= 30.0  # older samples were dropped
 
 
-def test_rate_and_eta_are_written(store, job_id):
+def test_rate_is_written_at_once_and_eta_only_with_evidence(store, job_id):
     reporter = ProgressReporter(store, job_id, STAGES, interval=0, heartbeat_interval=60)
+    reporter._eta = CalmEta(min_seconds=0.3, min_percent=3)
     reporter.stage("Work", total=1000)
     for _ in range(5):
         reporter.advance(10)
         time.sleep(0.02)
     job = store.get(job_id)
-    assert job.rate > 0 and job.eta is not None and job.eta > 0
+    assert job.rate > 0 and job.eta is None  # 0.1 s of work: no guess yet
+    while store.get(job_id).eta is None:
+        reporter.advance(10)
+        time.sleep(0.02)
+    assert store.get(job_id).eta > 0
+
+
+def test_no_eta_without_a_few_seconds_and_a_few_percent():
+    eta = CalmEta(min_seconds=3, min_percent=3)
+    assert eta.update(0.0, 0.0, 5.0) is None
+    assert eta.update(2.9, 20.0, 5.0) is None  # much progress, too little time
+    slow = CalmEta(min_seconds=3, min_percent=3)
+    slow.update(0.0, 0.0, 0.5)
+    assert slow.update(5.0, 2.5, 0.5) is None  # time enough, too little progress
+    assert slow.update(7.0, 3.5, 0.5) == pytest.approx(193.0)
+    assert eta.update(3.0, 21.0, 5.0) == pytest.approx(79.0 / 5.0)
+
+
+def test_eta_is_smoothed_and_never_counts_up_while_the_job_advances():
+    eta = CalmEta(min_seconds=3, min_percent=3, smoothing=0.25)
+    eta.update(0.0, 0.0, 1.0)
+    shown = [eta.update(4.0, 4.0, 1.0)]  # 96 s left
+    progress, now = 4.0, 4.0
+    # The pace jumps around (a slow item, a fast one): the raw estimate swings by 4x.
+    for speed in [0.25, 2.0, 0.3, 1.5, 0.25, 0.25, 0.25, 1.0] * 3:
+        now += 1.0
+        progress += speed
+        shown.append(eta.update(now, progress, speed))
+    assert all(b <= a for a, b in itertools.pairwise(shown)), shown
+    raw_swing = (100 - 5) / 0.25 - (100 - 5) / 2.0
+    assert max(a - b for a, b in itertools.pairwise(shown)) < raw_swing / 4
+    # Rounded for people, the text never goes up either.
+    texts = [about(s) for s in shown]
+    minutes = [0 if t.startswith("less") else int(t.split()[1]) for t in texts]
+    assert minutes == sorted(minutes, reverse=True), texts
+
+
+def test_a_stalled_job_drops_its_eta_and_may_then_show_a_longer_one():
+    eta = CalmEta(min_seconds=1, min_percent=1)
+    eta.update(0.0, 0.0, 10.0)
+    assert eta.update(2.0, 20.0, 10.0) == pytest.approx(8.0)
+    assert eta.update(30.0, 20.0, 0.0) is None  # nothing moved within the window
+    assert eta.update(31.0, 21.0, 0.1) == pytest.approx(790.0)
+
+
+def test_eta_reads_as_a_person_would_say_it():
+    assert about(None) == "–"
+    assert about(12) == "less than a minute"
+    assert about(100) == "about 2 min"
+    assert about(59 * 60) == "about 59 min"
+    assert about(80 * 60) == "about 1 h 20 min"
+    assert about(3 * 3600) == "about 3 h"
+    assert about(30 * 3600) == "about 30 h"
+
+
+def test_failed_items_carry_their_reason_and_name_the_problems(store, job_id):
+    reporter = ProgressReporter(store, job_id, STAGES, interval=0, heartbeat_interval=60)
+    reporter.item(0, "a.png", 100, "done")
+    reporter.item(1, "b.png", 100, "failed", reason="the file is truncated or corrupt")
+    reporter.item(2, "c.png", 100, "failed")  # the old call, without a reason
+    items = store.items(job_id)
+    assert [(i.name, i.status, i.reason) for i in items] == [
+        ("a.png", "done", ""),
+        ("b.png", "failed", "the file is truncated or corrupt"),
+        ("c.png", "failed", ""),
+    ]
+    problems = store.get(job_id).problems
+    assert [(p.index, p.name, p.reason) for p in problems] == [
+        (1, "b.png", "the file is truncated or corrupt"),
+        (2, "c.png", ""),
+    ]
+    reporter.item(2, "c.png", 100, "done")  # it worked after all
+    assert [p.name for p in store.get(job_id).problems] == ["b.png"]
 
 
 def test_a_larger_total_never_lowers_what_was_shown_nor_loses_a_line(store, job_id):

@@ -292,3 +292,11 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     @app.context_processor
     def globals_for_templates():
         return {"transport": settings.transport}
+
+    def can_retry_items(job: JobState) -> bool:
+        from jobs import kinds
+
+        kind = kinds.get(job.kind)
+        return kind is not None and kind.retry_items
+
+    app.jinja_env.globals["can_retry_items"] = can_retry_items

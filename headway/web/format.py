@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 from flask import Flask
+from markupsafe import Markup, escape
 
 
 def duration(seconds: float | None) -> str:
@@ -43,5 +44,43 @@ def clock(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%H:%M:%S UTC")
 
 
+def about(seconds: float | None) -> str:
+    """An estimate as a person reads it: "less than a minute", "about 2 min", "about 1 h
+    20 min". Never finer than a minute, and never lower for more seconds."""
+    if seconds is None:
+        return "–"
+    if seconds < 45:
+        return "less than a minute"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {max(1, minutes)} min"
+    if minutes < 600:
+        hours, rest = divmod(round(minutes / 10) * 10, 60)
+        return f"about {hours} h {rest} min" if rest else f"about {hours} h"
+    return f"about {round(minutes / 60)} h"
+
+
+def local_time(timestamp: float | None, style: str = "clock") -> Markup:
+    """A `<time>` with the moment in UTC, readable without JavaScript ("16:46:00 UTC");
+    static/headway.js shows it in the reader's time zone: `clock` as a local time, `ago`
+    as a relative one ("3 min ago", kept fresh), `date` as a local date and time."""
+    if not timestamp:
+        return Markup("")
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    iso = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = moment.strftime("%Y-%m-%d %H:%M UTC" if style == "date" else "%H:%M:%S UTC")
+    title = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup(
+        f'<time datetime="{iso}" data-local="{escape(style)}" title="{title}">{text}</time>'
+    )
+
+
 def register_filters(app: Flask) -> None:
-    app.jinja_env.filters.update(duration=duration, filesize=filesize, rate=rate, clock=clock)
+    app.jinja_env.filters.update(
+        duration=duration,
+        filesize=filesize,
+        rate=rate,
+        clock=clock,
+        about=about,
+        local_time=local_time,
+    )

@@ -1,4 +1,5 @@
-"""Pages: the index, the job list, the job page and its polling fragment, cancel and retry."""
+"""Pages: the index, the job list (filtered, paged), the job page and its polling fragment,
+cancel, retry (whole or the failed items), and deleting finished jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
+from headway.store import FINAL_STATUSES
 from headway.web import (
     check_new_job,
     client_address,
@@ -49,16 +51,71 @@ def index():
     return render_template("index.html", kinds=kinds.registry().values(), jobs=owner_jobs(10))
 
 
+# The job list's filters: the statuses each one shows ("" shows all).
+LIST_FILTERS = {
+    "": None,
+    "active": frozenset({"queued", "running", "retrying"}),
+    "finished": FINAL_STATUSES,
+    "succeeded": frozenset({"succeeded"}),
+    "failed": frozenset({"failed", "interrupted"}),
+    "cancelled": frozenset({"cancelled"}),
+}
+FILTER_LABELS = {
+    "": "All",
+    "active": "Queued or running",
+    "finished": "Finished",
+    "succeeded": "Succeeded",
+    "failed": "Failed or interrupted",
+    "cancelled": "Cancelled",
+}
+
+
+def list_page() -> dict:
+    """The job list's filter and page from the query string (400 for anything else), and
+    that page of the visitor's jobs."""
+    status = request.args.get("status", "")
+    if status not in LIST_FILTERS:
+        abort(
+            400,
+            f"Unknown status filter {status[:40]!r}; use one of: "
+            f"{', '.join(repr(k) for k in LIST_FILTERS if k)}.",
+        )
+    raw_page = request.args.get("page", "1")
+    number = int(raw_page) if raw_page.isascii() and raw_page.isdigit() else 0
+    if not 0 < number < 10**6:
+        abort(400, f"Not a page number: {raw_page[:20]!r} (pages count from 1).")
+    owner = current_owner()
+    per_page = services().settings.jobs_per_page
+    jobs, more = (
+        services().store.page_for_owner(
+            owner, LIST_FILTERS[status], (number - 1) * per_page, per_page
+        )
+        if owner
+        else ([], False)
+    )
+    if number > 1 and not jobs:
+        abort(404, f"There is no page {number} of this list.")
+    return {
+        "jobs": [reap_if_stale(job) for job in jobs],
+        "list_status": status,
+        "list_page": number,
+        "more": more,
+        "filters": FILTER_LABELS,
+    }
+
+
 @bp.get("/jobs")
 def job_list():
-    """All of the visitor's jobs, each row live, over one stream for the whole page."""
-    return render_template("jobs/list.html", jobs=owner_jobs())
+    """The visitor's jobs, newest first, filtered by status and paged; each row live, over
+    one stream for the whole page."""
+    return render_template("jobs/list.html", **list_page())
 
 
 @bp.get("/jobs/rows")
 def job_rows():
-    """The job list's rows alone, for polling when the stream is unavailable."""
-    return render_template("partials/job_rows.html", jobs=owner_jobs(), polling=True)
+    """The job list's rows alone (same filter and page), for polling when the stream is
+    unavailable."""
+    return render_template("partials/job_rows.html", polling=True, **list_page())
 
 
 @bp.get("/jobs/<job_id>")
@@ -126,3 +183,79 @@ def retry(job_id: str):
     if made:
         svc.limits.record_job(job.owner, address, new_id)
     return _after_action(job.id, new_id)
+
+
+@bp.post("/jobs/<job_id>/retry-failed")
+def retry_failed(job_id: str):
+    """Start a new attempt with only the inputs of the job's failed items."""
+    job = load_job(job_id)
+    if not job.finished:
+        abort(409, f"This job is still {job.status}; its failed items can be retried once it ends.")
+    if job.retried_items_as:
+        return _after_action(job.id, job.retried_items_as)
+    svc = services()
+    address = client_address()
+    try:
+        new_id, made = control.retry_once(
+            job, svc.store, before=lambda: check_new_job(job.owner, address), failed_items=True
+        )
+    except control.NothingToRetry:
+        abort(409, "This job has no failed items that can be retried on their own.")
+    except control.InputsGone:
+        abort(409, "This job's files are no longer kept, so it cannot be retried; start a new job.")
+    except control.RetryPending:
+        abort(409, "A retry of this job is still being started; reload the page in a moment.")
+    if made:
+        svc.limits.record_job(job.owner, address, new_id)
+    return _after_action(job.id, new_id)
+
+
+def _finished_or_409(job) -> None:
+    if not job.finished:
+        abort(409, f"This job is still {job.status}; cancel it first, then delete it.")
+
+
+@bp.get("/jobs/<job_id>/delete")
+def confirm_delete(job_id: str):
+    """Ask before deleting a finished job with its files."""
+    job = load_job(job_id)
+    _finished_or_409(job)
+    return render_template("jobs/delete.html", job=job)
+
+
+@bp.post("/jobs/<job_id>/delete")
+def delete(job_id: str):
+    """Delete a finished job: its record, log, items and every file of it, for good."""
+    job = load_job(job_id)
+    _finished_or_409(job)
+    services().store.remove(job.id, job.owner)
+    target = url_for("pages.job_list", deleted=1)
+    if is_htmx():
+        return Response(headers={"HX-Redirect": target})
+    return redirect(target, code=303)
+
+
+def _finished_jobs(owner: str | None) -> list:
+    if not owner:
+        return []
+    jobs, _ = services().store.page_for_owner(owner, FINAL_STATUSES, 0, 100_000)
+    return jobs
+
+
+@bp.get("/jobs/clear-finished")
+def confirm_clear():
+    """Ask before deleting every finished job of the visitor."""
+    return render_template("jobs/clear.html", count=len(_finished_jobs(current_owner())))
+
+
+@bp.post("/jobs/clear-finished")
+def clear_finished():
+    """Delete every finished job of the visitor, with its files; running ones stay."""
+    store = services().store
+    jobs = _finished_jobs(current_owner())
+    for job in jobs:
+        store.remove(job.id, job.owner)
+    target = url_for("pages.job_list", cleared=len(jobs))
+    if is_htmx():
+        return Response(headers={"HX-Redirect": target})
+    return redirect(target, code=303)

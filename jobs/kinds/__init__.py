@@ -75,6 +75,9 @@ class JobKind:
     retries: int = 0
     retry_delay: float = 2.0
     limits: JobLimits = JobLimits()
+    # Its items are independent and item i is input i: "Retry failed items" may run a new
+    # attempt with the failed items' inputs alone.
+    retry_items: bool = False
 
 
 @functools.cache

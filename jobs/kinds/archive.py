@@ -212,4 +212,5 @@ KIND = JobKind(
     max_total_bytes=4 * 1024**3,
     stages=(("Packing", 49), ("Finishing", 1)),
     rate_unit="bytes",
+    retry_items=True,
 )

@@ -116,8 +116,9 @@ def convert_images(ctx: JobContext) -> None:
                 raise
             except Exception as exc:  # one bad image must not stop the others
                 failed += 1
-                reporter.log(f"{path.name}: skipped, {describe_failure(exc)}", "warning")
-                reporter.item(index, path.name, 100, "failed")
+                reason = describe_failure(exc)
+                reporter.log(f"{path.name}: skipped, {reason}", "warning")
+                reporter.item(index, path.name, 100, "failed", reason=reason)
                 reporter.advance(failed=1, current=path.name)
                 thumbnails.append((path.name, None))
                 continue
@@ -273,4 +274,5 @@ KIND = JobKind(
     max_total_bytes=2 * 1024**3,
     stages=(("Converting", 9), ("Contact sheet", 1)),
     rate_unit="images",
+    retry_items=True,
 )

@@ -721,7 +721,7 @@ def profile_tables(ctx: JobContext) -> None:
         except NotATable as exc:
             refusals.append((path.name, str(exc)))
             reporter.log(f"{path.name}: skipped, it {exc}", "warning")
-            reporter.item(index, path.name, 100, "failed")
+            reporter.item(index, path.name, 100, "failed", reason=f"it {exc}")
             reporter.advance(path.stat().st_size, failed=1, current=path.name)
 
     reporter.stage("Converting", total=sum(path.stat().st_size for _, path, _ in tables))
@@ -739,7 +739,7 @@ def profile_tables(ctx: JobContext) -> None:
             for output in outputs:
                 output.unlink(missing_ok=True)
             reporter.log(f"{path.name}: {refusals[-1][1]}", "warning")
-            reporter.item(index, path.name, 100, "failed")
+            reporter.item(index, path.name, 100, "failed", reason=refusals[-1][1])
             progress(path.stat().st_size)  # its bytes are dealt with, if not converted
             reporter.advance(0, failed=1)
             continue
@@ -816,4 +816,5 @@ KIND = JobKind(
     max_total_bytes=2 * 1024**3,
     stages=(("Detecting formats", 1), ("Converting", 19)),
     rate_unit="bytes",
+    retry_items=True,
 )
