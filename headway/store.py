@@ -446,6 +446,8 @@ class JobStore:
         pipe.zrem(RUNNING, job_id)
         pipe.zrem(QUEUED, job_id)
         pipe.zrem(RETENTION, f"{job_id}:{owner}")
+        # A change like any other: every web process forgets what it held of the job.
+        pipe.publish(CHANNEL, f"{job_id} {owner}")
         pipe.execute()
         self.storage.remove_job(job_id)
         log.info("job %s: removed with its files", job_id)

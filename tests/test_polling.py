@@ -77,3 +77,14 @@ def test_polls_of_someone_elses_job_are_404_like_unknown_ones(web, store):
     foreign = store.create(kind="steps", owner="someone-else", title="t", stages=["Work"])
     for url in (f"/api/jobs/{foreign}", f"/jobs/{foreign}/progress", "/api/jobs/" + "0" * 32):
         assert web.get(url).status_code == 404
+
+
+def test_a_removed_job_is_404_to_polls_at_once(web, store):
+    """Removal (delete, or the end of retention) is a change too: no process keeps
+    serving what it held of the job."""
+    web.application.extensions["headway"].hub.ensure_ready()
+    job_id = running_job(store)
+    assert web.get(f"/api/jobs/{job_id}").status_code == 200
+    store.remove(job_id, OWNER)  # as another process would: only the notice tells this one
+    wait_for(lambda: web.get(f"/api/jobs/{job_id}").status_code == 404)
+    assert web.get(f"/jobs/{job_id}/progress").status_code == 404

@@ -229,6 +229,7 @@ def delete(job_id: str):
     job = load_job(job_id)
     _finished_or_409(job)
     services().store.remove(job.id, job.owner)
+    services().views.forget(job.id)
     target = url_for("pages.job_list", deleted=1)
     if is_htmx():
         return Response(headers={"HX-Redirect": target})
@@ -255,6 +256,7 @@ def clear_finished():
     jobs = _finished_jobs(current_owner())
     for job in jobs:
         store.remove(job.id, job.owner)
+        services().views.forget(job.id)
     target = url_for("pages.job_list", cleared=len(jobs))
     if is_htmx():
         return Response(headers={"HX-Redirect": target})

@@ -2,14 +2,15 @@
 messages that bring a stream up to date: the change since the version before, or the
 whole state.
 
-The job page is three regions: the header (status, bars, stages, facts, outcome), the item
-bars, and the log. When a job changes, one read (of every job that changed together, in
-one round trip) fetches the record, the items changed since the version held (each item
-carries the version that last changed it) and the log lines added since; one render draws
-the header and those items and lines, as out-of-band swaps. A stream that last sent the
-version before gets that change; any other (new, resumed, or fallen behind) gets the whole
-state, rendered once per version when first asked for. Every message is framed once and
-sent as the same bytes to every stream: the work per change is per process, never per
+The job page is five regions: the status line, the header (bar, stages, facts), the outcome
+(problems, downloads or Retry, Cancel), the item bars and the log. When a job changes, one
+read (of every job that changed together, in one round trip) fetches the record, the items
+changed since the version held (each item carries the version that last changed it) and
+the log lines added since; one render draws the header, and whichever of the status line,
+the outcome, those items and those lines changed, as out-of-band swaps. A stream that last
+sent the version before gets that change; any other (new, resumed, or fallen behind) gets
+the whole state, rendered once per version when first asked for. Every message is framed
+once and sent as the same bytes to every stream: the work per change is per process, never per
 watcher.
 """
 
@@ -24,6 +25,7 @@ from flask import render_template
 
 from headway.store import ItemProgress, JobState, JobStore
 
+OCCASIONAL_REGIONS = ("job_summary", "job_outcome")  # templates/partials/<name>.html
 Framing = Callable[["JobView", str, bool], bytes]  # (view, html, is a change) -> message
 
 
@@ -38,6 +40,9 @@ class JobView:
     log_cap: int
     base: int | None  # the version `change` starts from (None: no change known)
     change: str  # out-of-band swaps that turn the page at `base` into this version
+    # The regions that change now and then, as rendered for this version: the next change
+    # carries them only if they differ.
+    occasional: dict[str, str] = dataclasses.field(default_factory=dict)
     _messages: dict[tuple[str, bool], bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -89,8 +94,8 @@ def render_job_progress(job, items, log_lines, log_cap, *, polling=False, shared
     """The whole progress region, as the page, the polling fragment and the streams show it.
     `shared`: the same bytes for every watcher, so no per-visitor CSRF token in forms (htmx
     sends the page's token as a header)."""
-    return render_template(
-        "partials/job_progress.html",
+    return _render(
+        "job_progress",
         job=job,
         items=items,
         log_lines=log_lines,
@@ -98,6 +103,10 @@ def render_job_progress(job, items, log_lines, log_cap, *, polling=False, shared
         polling=polling,
         shared=shared,
     )
+
+
+def _render(partial: str, **context) -> str:
+    return render_template(f"partials/{partial}.html", **context)
 
 
 def _ordered(items: dict[int, ItemProgress]) -> list[ItemProgress]:
@@ -125,6 +134,12 @@ class JobViews:
                 if stale:
                     views.update(self._refresh(stale, context))
         return views
+
+    def forget(self, job_id: str) -> None:
+        """Drop what this process holds of a job (removed here: its change notice may still
+        be on its way)."""
+        with self._lock:
+            self._views.pop(job_id, None)
 
     def _fresh(self, job_ids: list[str], not_before: float) -> dict[str, JobView]:
         views = {}
@@ -176,24 +191,24 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
     for item in change.items:
         items[item.index] = item
     log_lines = ((old.log_lines if old else []) + change.log_lines)[-cap:]
+    occasional = {
+        name: _render(name, job=state, shared=True, oob=True) for name in OCCASIONAL_REGIONS
+    }
     if old is None:
-        return JobView(read_at, state, items, log_lines, cap, None, "")
-    parts = [render_template("partials/job_header.html", job=state, shared=True, oob=True)]
+        return JobView(read_at, state, items, log_lines, cap, None, "", occasional)
+    # The header (bar, facts, the page's data) changes with every version.
+    parts = [_render("job_header", job=state, shared=True, oob=True)]
+    parts += [html for name, html in occasional.items() if html != old.occasional.get(name)]
     if new_items:
-        parts.append(render_template("partials/job_items.html", items=_ordered(items), oob=True))
+        parts.append(_render("job_items", items=_ordered(items), oob=True))
     else:
-        parts += [
-            render_template("partials/job_item.html", item=item, oob=True) for item in change.items
-        ]
+        parts += [_render("job_item", item=item, oob=True) for item in change.items]
     if change.log_lines:
         if not old.log_lines or len(change.log_lines) >= cap:
-            parts.append(
-                render_template("partials/job_log.html", log_lines=log_lines, log_cap=cap, oob=True)
-            )
+            parts.append(_render("job_log", log_lines=log_lines, log_cap=cap, oob=True))
         else:
             lines = "".join(
-                render_template("partials/job_log_line.html", line=line)
-                for line in reversed(change.log_lines)
+                _render("job_log_line", line=line) for line in reversed(change.log_lines)
             )
             parts.append(f'<ol hx-swap-oob="afterbegin:#job-log">{lines}</ol>')
-    return JobView(read_at, state, items, log_lines, cap, old.version, "".join(parts))
+    return JobView(read_at, state, items, log_lines, cap, old.version, "".join(parts), occasional)
