@@ -5,7 +5,6 @@ orphan sweep, and downloads by presigned redirect or streamed with ranges."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import time
@@ -13,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.datastructures import FileStorage, MultiDict
-from werkzeug.test import encode_multipart
 
 from app import create_app
 from headway import storage as file_storage
@@ -22,6 +19,7 @@ from headway.settings import Settings
 from headway.store import JobStore, new_job_id
 
 from .seaweed import BUCKET
+from .upload_helpers import post_form
 
 OWNER = "owner-s3"
 MiB = 1024 * 1024
@@ -129,16 +127,8 @@ def web_client(url: str, **config):
 
 
 def post(client, slug: str, files, **fields):
-    data = MultiDict({"steps": "3", "delay": "0", "fail_at": "-1", **fields})
-    for name, content in files:
-        data.add("files", FileStorage(io.BytesIO(content), filename=name))
-    boundary, body = encode_multipart(data)
-    return client.post(
-        f"/jobs/new/{slug}",
-        input_stream=io.BytesIO(body),
-        content_length=len(body),
-        content_type=f"multipart/form-data; boundary={boundary}",
-    )
+    fields = {"steps": "3", "delay": "0", "fail_at": "-1", **fields}
+    return post_form(client, slug, files, **fields)
 
 
 def test_uploads_land_in_the_bucket_and_refusals_leave_nothing(s3_storage_url, seaweed, store):

@@ -169,13 +169,23 @@ def retry(job_id: str):
         )
     if job.retried_as:
         return _after_action(job.id, job.retried_as)
+    return _start_retry(job, failed_items=False)
+
+
+def _start_retry(job, *, failed_items: bool) -> Response:
+    """A new linked attempt of `job` (of its failed items alone, or whole), made once however
+    many requests ask at the same time: every one of them lands on it."""
     svc = services()
     address = client_address()
     try:
-        # Concurrent clicks make one attempt; all of them land on it.
         new_id, made = control.retry_once(
-            job, svc.store, before=lambda: check_new_job(job.owner, address)
+            job,
+            svc.store,
+            before=lambda: check_new_job(job.owner, address),
+            failed_items=failed_items,
         )
+    except control.NothingToRetry:
+        abort(409, "This job has no failed items that can be retried on their own.")
     except control.InputsGone:
         abort(409, "This job's files are no longer kept, so it cannot be retried; start a new job.")
     except control.RetryPending:
@@ -193,21 +203,7 @@ def retry_failed(job_id: str):
         abort(409, f"This job is still {job.status}; its failed items can be retried once it ends.")
     if job.retried_items_as:
         return _after_action(job.id, job.retried_items_as)
-    svc = services()
-    address = client_address()
-    try:
-        new_id, made = control.retry_once(
-            job, svc.store, before=lambda: check_new_job(job.owner, address), failed_items=True
-        )
-    except control.NothingToRetry:
-        abort(409, "This job has no failed items that can be retried on their own.")
-    except control.InputsGone:
-        abort(409, "This job's files are no longer kept, so it cannot be retried; start a new job.")
-    except control.RetryPending:
-        abort(409, "A retry of this job is still being started; reload the page in a moment.")
-    if made:
-        svc.limits.record_job(job.owner, address, new_id)
-    return _after_action(job.id, new_id)
+    return _start_retry(job, failed_items=True)
 
 
 def _finished_or_409(job) -> None:
