@@ -285,3 +285,18 @@ def live_stream_count() -> int:
     now = time.time()
     owners = [k for k in client.scan_iter("hw:streams:*") if not k.startswith("hw:streams:addr:")]
     return sum(client.zcount(key, now, "+inf") for key in owners)
+
+
+def throttle_uploads(page, bytes_per_second: int) -> None:
+    """Chromium's own network throttling, so that an upload lasts long enough to watch."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": bytes_per_second,
+        },
+    )

@@ -29,6 +29,7 @@ from .browser_support import (
     WAIT_MS,
     job_id_of,
     seen,
+    throttle_uploads,
 )
 from .test_kind_images import truncated_jpeg
 from .test_kind_spreadsheet import Report
@@ -105,21 +106,6 @@ def press_start(page) -> str:
 def submit_form(page, base: str, slug: str, files: list[Path], **choices: str) -> str:
     fill_form(page, base, slug, files, **choices)
     return press_start(page)
-
-
-def throttle_uploads(page, bytes_per_second: int) -> None:
-    """Chromium's own network throttling, so that an upload lasts long enough to watch."""
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send(
-        "Network.emulateNetworkConditions",
-        {
-            "offline": False,
-            "latency": 0,
-            "downloadThroughput": -1,
-            "uploadThroughput": bytes_per_second,
-        },
-    )
 
 
 def wait_succeeded(page) -> None:

@@ -26,6 +26,7 @@ from .browser_support import (
     job_id_of,
     job_json,
     post_job,
+    throttle_uploads,
     wait_for_job,
 )
 from .conftest import wait_for
@@ -400,21 +401,6 @@ def test_retry_failed_items_refuses_what_it_cannot_do(server, context, page):
 
 
 # --- 7. the upload form --------------------------------------------------------------------
-
-
-def throttle_uploads(page, bytes_per_second: int) -> None:
-    """Chromium's own network throttling, so that an upload lasts long enough to watch."""
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send(
-        "Network.emulateNetworkConditions",
-        {
-            "offline": False,
-            "latency": 0,
-            "downloadThroughput": -1,
-            "uploadThroughput": bytes_per_second,
-        },
-    )
 
 
 def drop_files(page, selector: str, files: dict[str, str]) -> None:
