@@ -92,10 +92,10 @@
   var announced = null; // what was last said: {status, stage, tens}
 
   function announce() {
-    var header = byId("job-header"), box = byId("job-announcer");
-    if (!header || !box) { return; }
-    var now = { status: header.dataset.status, stage: header.dataset.stage,
-                tens: Math.floor(Number(header.dataset.percent) / 10) };
+    var meter = byId("job-meter"), box = byId("job-announcer");
+    if (!meter || !box) { return; }
+    var now = { status: meter.dataset.status, stage: meter.dataset.stage,
+                tens: Math.floor(Number(meter.dataset.percent) / 10) };
     if (announced === null) { announced = now; return; } // what the page showed on load
     var parts = [];
     if (FINAL.indexOf(now.status) !== -1) {
@@ -271,7 +271,7 @@
   }
 
   // A job's message is its whole region (base null) or the change from version `base`: the
-  // header, the items and log lines that changed, as out-of-band swaps.
+  // parts (meter, facts, status line...), items and log lines that changed, as out-of-band swaps.
   function showJob(m) {
     var progress = byId("job-progress");
     if (!progress || progress.dataset.job !== m.job) { return; }
@@ -281,11 +281,11 @@
       htmx.swap(progress, m.html, { swapStyle: "outerHTML" });
     } else if (m.base === have) {
       htmx.swap(progress, m.html, { swapStyle: "none" });
-      var header = byId("job-header"), log = byId("job-log");
-      progress.className = "job status-" + header.dataset.status;
-      ["status", "percent", "version"].forEach(function (name) {
-        progress.dataset[name] = header.dataset[name];
-      });
+      var meter = byId("job-meter"), log = byId("job-log");
+      progress.className = "job status-" + meter.dataset.status;
+      progress.dataset.status = meter.dataset.status;
+      progress.dataset.percent = meter.dataset.percent;
+      progress.dataset.version = m.version;
       while (log && log.children.length > Number(log.dataset.cap)) { log.lastElementChild.remove(); }
     } else {
       say(); // not the version this change starts from: the hub sends the whole region

@@ -70,9 +70,9 @@ LISTEN_JS = """
     if (box && box.textContent && box.textContent !== window.__said[window.__said.length - 1]) {
       window.__said.push(box.textContent);
     }
-    const eta = document.getElementById("job-eta"), header = document.getElementById("job-header");
-    if (eta && header) {
-      const entry = [Number(header.dataset.percent), eta.textContent.trim()];
+    const eta = document.getElementById("job-eta"), meter = document.getElementById("job-meter");
+    if (eta && meter) {
+      const entry = [Number(meter.dataset.percent), eta.textContent.trim()];
       const last = window.__etas[window.__etas.length - 1];
       if (!last || last[0] !== entry[0] || last[1] !== entry[1]) { window.__etas.push(entry); }
     }

@@ -95,11 +95,13 @@ def test_updates_arrive_and_the_final_state_closes_the_stream(web, store):
     events.next_event()
     store.update(job_id, {"progress": 40.0, "message": "Forty"})
     update = events.next_event()
-    # What changed since the version this stream sent: the header, as an out-of-band swap.
+    # What changed since the version this stream sent: the status line and the meter, as
+    # out-of-band swaps; nothing else.
     assert update["event"] == "delta" and update["id"] == str(store.get(job_id).version)
-    assert update["data"].startswith('<div id="job-header"') and "Forty" in update["data"]
-    assert 'hx-swap-oob="outerHTML"' in update["data"]
-    assert 'aria-valuenow="40"' in update["data"]
+    assert update["data"].startswith('<div id="job-summary" hx-swap-oob="outerHTML">')
+    assert "Forty" in update["data"] and "\n" not in update["data"]
+    assert '<div id="job-meter" data-status="running" data-percent="40"' in update["data"]
+    assert 'aria-valuenow="40"' in update["data"] and 'id="job-facts"' not in update["data"]
     store.update(job_id, {"status": "succeeded", "progress": 100.0, "files": []})
     done = events.next_event()
     assert done["event"] == "done" and "badge-succeeded" in done["data"]
@@ -317,7 +319,7 @@ def test_live_carries_every_watched_job_addressed_to_it(web, store):
     change = job_message(events.next_event())
     assert (change.job_id, change.final) == (second, False)
     assert change.version == store.get(second).version and change.base == change.version - 1
-    assert change.html.startswith('<div id="job-header"') and "Counting" in change.html
+    assert change.html.startswith('<div id="job-summary"') and "Counting" in change.html
     store.update(first, {"status": "succeeded", "progress": 100.0})
     ended = job_message(events.next_event())
     assert (ended.job_id, ended.final) == (first, True) and "Your results are ready" in ended.html

@@ -22,7 +22,7 @@ from headway.storage import StorageError
 from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.renders import SharedRenders
-from headway.web.views import JobView, JobViews
+from headway.web.views import JobView, JobViews, fact_keys
 
 log = logging.getLogger("headway.web")
 
@@ -300,3 +300,4 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
         return kind is not None and kind.retry_items
 
     app.jinja_env.globals["can_retry_items"] = can_retry_items
+    app.jinja_env.globals["fact_keys"] = fact_keys
