@@ -4,6 +4,7 @@ process's shared view of the job."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -59,6 +60,18 @@ def test_polls_of_an_unchanged_job_cost_no_read(web, store, path):
     store.update(job_id, {"progress": 42.0, "message": "Forty-two"})
     changed = wait_for(lambda: b"Forty-two" in (a := web.get(url)).get_data() and a)
     assert changed.status_code == 200
+
+
+def test_json_says_where_a_job_waits_and_which_items_failed(web, store):
+    queued = store.create(kind="steps", owner=OWNER, title="t", stages=["Work"])
+    store.update(queued, {"queue_ahead": 3, "queue_eta": 42.0})
+    job = web.get(f"/api/jobs/{queued}").json
+    assert (job["status"], job["queue_ahead"], job["queue_eta_seconds"]) == ("queued", 3, 42.0)
+    failing = running_job(store)
+    store.update(failing, {"failed": 1, "problems": json.dumps([[4, "b.jpg", "unreadable"]])})
+    job = wait_for(lambda: (j := web.get(f"/api/jobs/{failing}").json)["failed"] and j)
+    assert job["problems"] == [{"index": 4, "name": "b.jpg", "reason": "unreadable"}]
+    assert job["queue_ahead"] is None
 
 
 def test_a_polled_job_whose_worker_died_ends_interrupted(store):

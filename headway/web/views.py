@@ -46,7 +46,7 @@ class JobView:
     # The parts as rendered for this version, by name ("fact:<key>" for each fact): the next
     # change carries those that differ.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
-    _messages: dict[tuple[str, bool], bytes | str] = dataclasses.field(default_factory=dict)
+    _messages: dict[tuple, bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -59,23 +59,18 @@ class JobView:
         if sent == self.version:
             return None
         as_change = self.base is not None and sent == self.base
-        key = (framing.__name__, as_change)
-        message = self._messages.get(key)
-        if message is None:
-            with self._lock:
-                message = self._messages.get(key)
-                if message is None:
-                    html = self.change if as_change else self._whole(context)
-                    message = self._messages[key] = framing(self, html, as_change)
-        return message
+        return self.once(
+            (framing.__name__, as_change),
+            lambda: framing(self, self.change if as_change else self._whole(context), as_change),
+        )
 
     def polling_fragment(self, context) -> str:
         """The whole region as polling asks for it (it asks again while the job runs); the
         same for every visitor, so rendered once per version."""
-        fragment = self._messages.get(("polling", False))
-        if fragment is None:
-            with self._lock, context():
-                fragment = render_job_progress(
+
+        def render() -> str:
+            with context():
+                return render_job_progress(
                     self.state,
                     _ordered(self.items),
                     self.log_lines,
@@ -83,8 +78,19 @@ class JobView:
                     polling=True,
                     shared=True,
                 )
-                self._messages[("polling", False)] = fragment
-        return fragment
+
+        return self.once(("polling",), render)
+
+    def once(self, key: tuple, make: Callable[[], bytes | str]) -> bytes | str:
+        """What `make` returns for this version, made by the first to ask: the same for
+        every watcher and visitor of this version (a message, a fragment, a JSON body)."""
+        made = self._messages.get(key)
+        if made is None:
+            with self._lock:
+                made = self._messages.get(key)
+                if made is None:
+                    made = self._messages[key] = make()
+        return made
 
     def _whole(self, context) -> str:
         with context():
