@@ -14,6 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from headway.connection import redis_client, resolve_redis_url
 from headway.settings import Settings
+from headway.web.sessions import CheckedCookieSessions
 
 log = logging.getLogger("headway.app")
 csrf = CSRFProtect()
@@ -32,6 +33,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         )
 
     app = Flask(__name__, instance_path=str(settings.instance_path))
+    app.session_interface = CheckedCookieSessions()
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY"),
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
