@@ -8,6 +8,10 @@ wake-up, and the stream re-reads the record, so the newest state is all that is 
 
 After a lost connection the hub resubscribes by itself and wakes every watcher, because
 messages published during the outage are gone: re-reading the records catches up.
+
+A watcher may carry a sink (headway/web/fanout.py): then a change to one of its jobs goes
+to the process's fan-out first, which writes it straight to the stream's socket while the
+stream waits, and wakes the stream only when it cannot.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
@@ -38,9 +42,11 @@ class HubUnavailable(Exception):
 class Watcher:
     """What one stream waits on: which of its jobs changed since it last looked."""
 
-    def __init__(self, job_ids: Iterable[str] = (), owner: str | None = None):
+    def __init__(self, job_ids: Iterable[str] = (), owner: str | None = None, sink=None):
         self.job_ids = frozenset(job_ids)
         self.owner = owner
+        self.sink = sink
+        self.parked = False  # in wait(): nothing else is writing to the stream now
         self._pending: set[str] = set()
         self._everything = False
         self._lock = threading.Lock()
@@ -61,8 +67,12 @@ class Watcher:
 
     def wait(self, timeout: float) -> tuple[set[str], bool] | None:
         """Block until something changed: (changed ids, everything?) or None on timeout."""
-        if not self._event.wait(timeout):
-            return None
+        self.parked = True
+        try:
+            if not self._event.wait(timeout):
+                return None
+        finally:
+            self.parked = False
         with self._lock:
             self._event.clear()
             pending, everything = self._pending, self._everything
@@ -88,6 +98,9 @@ class ChangeHub:
         self._noticed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._forgotten = 0.0  # the newest notice time dropped from `_noticed`
         self._subscribed_at = math.inf
+        # Set by the web process: given each change's job id and the watchers whose sinks
+        # take it (headway/web/fanout.py).
+        self.fanout: Callable[[str, list[Watcher]], None] | None = None
 
     @property
     def watcher_count(self) -> int:
@@ -108,11 +121,15 @@ class ChangeHub:
 
     @contextlib.contextmanager
     def watch(
-        self, job_ids: Iterable[str] = (), owner: str | None = None, timeout: float = 5.0
+        self,
+        job_ids: Iterable[str] = (),
+        owner: str | None = None,
+        timeout: float = 5.0,
+        sink=None,
     ) -> Iterator[Watcher]:
         """Register a watcher once the subscription is live (subscribe, then read)."""
         self.ensure_ready(timeout)
-        watcher = Watcher(job_ids, owner)
+        watcher = Watcher(job_ids, owner, sink)
         with self._lock:
             for job_id in watcher.job_ids:
                 self._by_job.setdefault(job_id, set()).add(watcher)
@@ -150,6 +167,12 @@ class ChangeHub:
             if len(self._noticed) > NOTICES_KEPT:
                 self._forgotten = self._noticed.popitem(last=False)[1]
             targets = self._by_job.get(job_id, set()) | self._by_owner.get(owner, set())
+        direct = []
+        if self.fanout:
+            direct = [w for w in targets if w.sink is not None and w.sink.takes(job_id)]
+            targets.difference_update(direct)
+        if direct:
+            self.fanout(job_id, direct)
         for watcher in targets:
             watcher.notify(job_id)
 

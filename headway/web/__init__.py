@@ -21,6 +21,7 @@ from headway.settings import Settings
 from headway.storage import StorageError
 from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
+from headway.web.fanout import Fanout
 from headway.web.renders import SharedRenders
 from headway.web.views import JobView, JobViews, fact_keys
 
@@ -257,13 +258,15 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
 
     store = JobStore(client, settings)
     store.storage  # noqa: B018  (an S3 client is made now, at start, not on a first upload)
+    hub, views = ChangeHub(subscriber_client(settings.redis_url)), JobViews(store)
+    hub.fanout = Fanout(views)  # streams that wait are written to straight from there
     app.extensions["headway"] = Services(
         settings=settings,
         store=store,
-        hub=ChangeHub(subscriber_client(settings.redis_url)),
+        hub=hub,
         limits=Limits(client, settings),
         renders=SharedRenders(),
-        views=JobViews(store),
+        views=views,
         caps=ProcessCaps(settings),
         checks=shared_pool(
             CheckLimits(

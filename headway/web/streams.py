@@ -19,6 +19,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from headway.hub import HubUnavailable
 from headway.store import FINAL_STATUSES
 from headway.web import client_address, current_owner, load_job, reap_if_stale, services
+from headway.web.fanout import Sink
 from headway.web.pages import render_row
 from headway.web.renders import Rendered
 from headway.web.views import JobView
@@ -131,24 +132,31 @@ def job_events(job_id: str):
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
 
     context = _request_context()
+    sent = {job.id: last_seen}  # the version this stream has sent (its sink's too)
+    sink = Sink.for_request(request.environ, stream_framing, sent, context)
+    if sink is not None:
+        sink.ends = True
 
     def generate() -> Iterator[bytes]:
         try:
             yield RETRY  # headers and a first byte go out at once
-            with svc.hub.watch(job_ids=[job.id]) as watcher:
+            with svc.hub.watch(job_ids=[job.id], sink=sink) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
-                sent = last_seen
                 fresh_since = watcher.changed_at
                 while True:
+                    if sink is not None:
+                        sink.flush()
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
                     # A final state is always sent whole: it is what closes the stream.
-                    last = None if view.state.finished else sent
+                    last = None if view.state.finished else sent[job.id]
+                    if view.state.finished and sink is not None and sink.ended:
+                        return  # the fan-out sent it
                     message = view.message(stream_framing, last, context)
                     if message is not None:
                         yield message
-                        sent = view.version
+                        sent[job.id] = view.version
                     if view.state.finished:
                         return
                     remaining = deadline - time.monotonic()
@@ -227,14 +235,18 @@ def live():
     svc.hub.ensure_ready()
     lease = _Lease(owner)
     context = _request_context()
+    sent: dict[str, int | None] = {}  # the version of each job this stream has sent
+    sink = Sink.for_request(request.environ, live_framing, sent, context)
+    if sink is not None:
+        sink.rows = rows
 
     def generate() -> Iterator[bytes]:
         try:
             yield RETRY
-            with svc.hub.watch(owner=owner) as watcher:
+            with svc.hub.watch(owner=owner, sink=sink) as watcher:
                 # Read after subscribing, as every stream does: which jobs are the owner's.
                 owned = {j.id for j in svc.store.get_many(list(wanted)) if j.owned_by(owner)}
-                sent = {job_id: wanted[job_id] for job_id in owned}
+                sent.update({job_id: wanted[job_id] for job_id in owned})
                 job_statuses: dict[str, str] = {}
                 statuses: dict[str, str] = {}  # of rows, for notices
                 row_sent: dict[str, int] = {}
@@ -243,6 +255,8 @@ def live():
                 fresh_since = watcher.changed_at
                 changed: set[str] | None = None  # None: look at everything
                 while True:
+                    if sink is not None:
+                        sink.flush()
                     messages = []
                     look = [j for j in sorted(sent) if changed is None or j in changed]
                     views = svc.views.get(look, fresh_since, context)

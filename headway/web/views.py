@@ -47,7 +47,7 @@ class JobView:
     # change carries those that differ.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
     _messages: dict[tuple, bytes | str] = dataclasses.field(default_factory=dict)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
     def version(self) -> int:

@@ -1,0 +1,154 @@
+"""Fan-out: each change written once per stream, straight to its socket, by one greenlet.
+
+A stream is a greenlet that sends what its browser lacks. Waking a thousand of them for one
+change, to have each look up the same message and hand it to the WSGI server, costs more
+than the writes themselves. So, under gunicorn's gevent worker, a stream that waits gives
+its socket to the process's fan-out (a `Sink`): when a job changes, the fan-out reads and
+renders it once (the shared view), then writes the change's pre-framed bytes to every
+waiting stream that has the version it starts from, one non-blocking write each, and
+wakes the stream greenlet only when it must act itself:
+
+- it is not waiting (it is sending something else), or it has another version: it catches
+  up by itself, with the change or the whole state, as it always did;
+- the socket took part of the message (its browser reads slowly): the stream writes the
+  rest, and meanwhile later changes go past it; it then skips to the newest state, and
+  never holds up the others;
+- the change is the job's final state and the stream ends with it (it is woken to end), or
+  the stream also keeps a job list's rows (those are rendered per owner).
+
+Direct writes need the plain socket of an HTTP/1.1 response the server frames in chunks;
+anywhere else (TLS in the server, HTTP/1.0, another server) streams write through WSGI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+
+from headway.hub import Watcher
+from headway.web.views import Framing, JobView, JobViews
+
+log = logging.getLogger("headway.fanout")
+
+
+class Sink:
+    """A stream's socket, and the version of each job it has sent (shared with the stream)."""
+
+    def __init__(self, sock, chunked: bool, framing: Framing, sent: dict[str, int | None], context):
+        self.sock = sock
+        self.ends = False  # the stream ends with its job's final state, sent whole
+        self.ended = False  # that final state was written here
+        self.fd = sock.fileno()
+        self.chunked = chunked
+        self.framing = framing
+        self.sent = sent
+        self.context = context
+        self.rows = False  # it also keeps rows: every change wakes it
+        self.pending = b""  # what the socket has not taken yet: the stream writes it
+
+    @classmethod
+    def for_request(cls, environ, framing: Framing, sent: dict, context) -> Sink | None:
+        """A sink for this response, if the server lets one write to its socket."""
+        sock = environ.get("gunicorn.socket")
+        if sock is None or "gevent" not in type(sock).__module__ or _is_tls(sock):
+            return None
+        chunked = environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+        return cls(sock, chunked, framing, sent, context)
+
+    def takes(self, job_id: str) -> bool:
+        return job_id in self.sent and not self.rows
+
+    def write(self, view: JobView) -> bool:
+        """Send the change to `view` if the stream has the version it starts from; False
+        when the stream must act itself. Only while the stream waits (nothing else writes).
+
+        A stream that ends with the job's final state (`ends`) gets that state whole, and
+        is woken to end.
+        """
+        job_id = view.state.id
+        final = view.state.finished and self.ends
+        if self.pending or view.base is None or self.sent.get(job_id) != view.base:
+            return False
+        message = view.message(self.framing, None if final else view.base, self.context)
+        data = message
+        if self.chunked:  # framed as the server frames what a response yields
+            key = ("chunk", self.framing.__name__, final)
+            data = view.once(key, lambda: b"%X\r\n%s\r\n" % (len(message), message))
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            return False  # the socket is full: the stream catches up when it drains
+        except OSError:
+            return False  # gone: the stream finds out when it next writes, and ends
+        self.sent[job_id] = view.version
+        self.ended = final
+        if written < len(data):
+            self.pending = data[written:]
+            return False
+        return not final
+
+    def flush(self) -> None:
+        """Write what the socket did not take (the stream's greenlet, waiting as it must)."""
+        pending, self.pending = self.pending, b""
+        if pending:
+            self.sock.sendall(pending)
+
+
+def _is_tls(sock) -> bool:
+    if isinstance(sock, ssl.SSLSocket):
+        return True
+    try:
+        from gevent.ssl import SSLSocket
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return isinstance(sock, SSLSocket)
+
+
+class Fanout:
+    """The process's one fan-out greenlet: changes in, direct writes out."""
+
+    def __init__(self, views: JobViews):
+        self.views = views
+        self._pending: dict[str, list[Watcher]] = {}
+        self._noticed_at = 0.0
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, job_id: str, watchers: list[Watcher]) -> None:
+        """Take a change of `job_id` for `watchers` (from the hub, as the notice arrives)."""
+        with self._lock:
+            self._pending.setdefault(job_id, []).extend(watchers)
+            self._noticed_at = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
+                self._thread.start()
+        self._event.set()
+
+    def _run(self) -> None:
+        while True:
+            self._event.wait()
+            with self._lock:
+                self._event.clear()
+                pending, self._pending = self._pending, {}
+                noticed_at = self._noticed_at
+            try:
+                self._send(pending, noticed_at)
+            except Exception:
+                log.exception("fan-out failed; the streams catch up by themselves")
+                for job_id, watchers in pending.items():
+                    for watcher in watchers:
+                        watcher.notify(job_id)
+
+    def _send(self, pending: dict[str, list[Watcher]], noticed_at: float) -> None:
+        # Every change noticed so far, read in one round trip and rendered once.
+        context = next(iter(pending.values()))[0].sink.context
+        views = self.views.get(list(pending), noticed_at, context)
+        for job_id, watchers in pending.items():
+            view = views.get(job_id)
+            for watcher in watchers:
+                if view is None or not watcher.parked or not watcher.sink.write(view):
+                    watcher.notify(job_id)

@@ -1,0 +1,189 @@
+"""The fan-out under real gunicorn + gevent (headway/web/fanout.py): streams that wait get
+each change written straight to their sockets, framed exactly as the server frames what a
+response yields; a reader that stalls skips to the newest state and holds up no one."""
+
+from __future__ import annotations
+
+import http.client
+import math
+import socket
+import threading
+import time
+
+import pytest
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+
+from jobs.reporter import ProgressReporter
+
+SECRET = "fanout-test-secret"
+OWNER = "owner-fanout"
+
+
+@pytest.fixture(scope="module")
+def server(live_servers):
+    return live_servers(SECRET_KEY=SECRET)
+
+
+def owner_cookie(owner: str) -> str:
+    app = Flask(__name__)
+    app.secret_key = SECRET
+    signed = SecureCookieSessionInterface().get_signing_serializer(app).dumps({"owner": owner})
+    return f"session={signed}"
+
+
+class Reader(threading.Thread):
+    """One SSE client over HTTP/1.1 (so chunked): every message's (event, id, first line)."""
+
+    def __init__(self, port: int, path: str, receive_buffer: int | None = None):
+        super().__init__(daemon=True)
+        self.messages: list[tuple[str, str, str]] = []
+        self.reading = threading.Event()
+        self.closing = False
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        if receive_buffer:  # set before connecting, so the window stays small
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.settimeout(60)
+            sock.connect(("127.0.0.1", port))
+            self.conn.sock = sock
+        self.conn.request("GET", path, headers={"Cookie": owner_cookie(OWNER)})
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200
+        assert self.response.getheader("Transfer-Encoding") == "chunked"
+
+    def run(self) -> None:
+        self.reading.wait()
+        event, event_id, data = "message", "", []
+        try:
+            for raw in iter(self.response.readline, b""):
+                line = raw.decode().rstrip("\n")
+                if line == "":
+                    if data:
+                        self.messages.append((event, event_id, data[0]))
+                    event, event_id, data = "message", "", []
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+        except (OSError, http.client.HTTPException):
+            if not self.closing:
+                raise
+        finally:
+            self.response.close()
+            self.conn.close()
+
+    def close(self) -> None:
+        """End a stream that does not end by itself (`/live`)."""
+        self.closing = True
+        self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.join(10)
+
+    def versions(self, event: str) -> list[int]:
+        return [int(i) for e, i, _ in self.messages if e == event]
+
+
+def items_job(store, items: int) -> tuple[str, ProgressReporter]:
+    job_id = store.create(kind="steps", owner=OWNER, title="t", stages=["Working"])
+    reporter = ProgressReporter(store, job_id, interval=math.inf, max_items=items)
+    reporter.flush(status="running", started_at=time.time())
+    reporter.stage("Working", total=items)
+    for i in range(items):
+        reporter.item(i, f"item-{i:03}.dat", 0, "pending")
+    reporter.flush()
+    return job_id, reporter
+
+
+def wait_until_watched(reader_count: int, readers: list[Reader]) -> None:
+    for reader in readers:
+        reader.reading.set()
+    deadline = time.monotonic() + 30
+    while sum(bool(r.messages) for r in readers) < reader_count:
+        assert time.monotonic() < deadline, "the streams did not start"
+        time.sleep(0.05)
+    time.sleep(0.3)  # every stream is waiting for the next change
+
+
+@pytest.mark.timeout(120)
+def test_waiting_streams_get_every_change_as_the_server_would_frame_it(server, store):
+    job_id, reporter = items_job(store, 10)
+    version = store.get(job_id).version
+    job_streams = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(8)]
+    live_streams = [Reader(server.port, f"/live?job={job_id}:{version}") for _ in range(4)]
+    readers = job_streams + live_streams
+    for reader in readers:
+        reader.start()
+    job_streams_have_whole = 8  # a /live stream that has the version gets nothing at first
+    wait_until_watched(job_streams_have_whole, job_streams)
+    for reader in live_streams:
+        reader.reading.set()
+
+    written = []
+    for i in range(10):
+        reporter.item(i, f"item-{i:03}.dat", 100, "done")
+        reporter.log(f"item-{i:03}.dat done")
+        reporter.advance(current=f"item-{i:03}.dat")
+        reporter.flush()
+        written.append(store.get(job_id).version)
+        time.sleep(0.15)  # the streams wait again before the next one
+    reporter.flush(status="succeeded", finished_at=time.time())
+    final = store.get(job_id).version
+    for reader in job_streams:
+        reader.join(30)
+        assert not reader.is_alive(), "the stream did not end with the final state"
+        # Every version as a change from the one before, then the final state whole.
+        assert reader.versions("delta") == written
+        assert reader.versions("done") == [final]
+    deadline = time.monotonic() + 30
+    for reader in live_streams:
+        while len(reader.messages) < len(written) + 1:
+            assert time.monotonic() < deadline, reader.messages
+            time.sleep(0.05)
+        heads = [data.split(" ") for _, _, data in reader.messages]
+        assert [(h[0], int(h[1])) for h in heads] == [(job_id, v) for v in [*written, final]]
+        # each a change from the version before, the last one final
+        assert [h[3] for h in heads] == [str(v - 1) for v in [*written, final]]
+        assert [h[2] for h in heads] == ["0"] * len(written) + ["1"]
+        reader.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_stalled_reader_skips_to_the_newest_state_and_holds_up_no_one(server, store):
+    items = 300
+    job_id, reporter = items_job(store, items)
+    stalled = Reader(server.port, f"/jobs/{job_id}/events", receive_buffer=4096)
+    prompt = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(3)]
+    for reader in [stalled, *prompt]:
+        reader.start()
+    wait_until_watched(len(prompt), prompt)
+
+    written = []
+    steps = 100  # each change moves every bar: about 80 KB a message, more than the
+    for step in range(1, steps + 1):  # socket buffers on both sides hold (4 MB + 8 KB)
+        for i in range(items):
+            reporter.item(i, f"item-{i:03}.dat", step * 100 / (steps + 1), "running")
+        reporter.advance(current=f"step {step}")
+        reporter.flush()
+        written.append(store.get(job_id).version)
+        time.sleep(0.02)
+    for reader in prompt:  # the others are not held up by the one that reads nothing
+        deadline = time.monotonic() + 30
+        while reader.versions("delta")[-1:] != written[-1:]:
+            assert time.monotonic() < deadline, "a prompt reader fell behind"
+            time.sleep(0.05)
+        assert reader.versions("delta") == written
+
+    reporter.flush(status="succeeded", finished_at=time.time())
+    final = store.get(job_id).version
+    stalled.reading.set()  # it reads at last: a well-framed stream that skipped ahead
+    stalled.join(60)
+    assert not stalled.is_alive()
+    versions = [int(i) for _, i, _ in stalled.messages]
+    assert versions == sorted(versions) and versions[-1] == final
+    assert stalled.messages[-1][0] == "done"
+    assert len(versions) < len(written), "it skipped nothing"
+    for reader in prompt:
+        reader.join(30)
+        assert reader.versions("done") == [final]
