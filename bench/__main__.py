@@ -38,6 +38,8 @@ class Plan:
 
     fanout: tuple[tuple[str, int, int], ...]  # (system, clients, jobs), in order
     duration: float  # seconds of 10 updates a second
+    sparse: tuple[tuple[str, int, int], ...]  # then these, at one update a second
+    sparse_duration: float
     report_calls: int
     timed_writes: int
     polling_seconds: float
@@ -60,6 +62,8 @@ FULL = Plan(
         ("headway", 5000, 100),
     ),
     duration=10.0,
+    sparse=(("headway", 10000, 100), ("floor", 10000, 100)),
+    sparse_duration=20.0,
     report_calls=1_000_000,
     timed_writes=5000,
     polling_seconds=8.0,
@@ -70,6 +74,8 @@ FULL = Plan(
 QUICK = Plan(
     fanout=(*_single(100, 1000), ("headway", 1000, 100), ("floor", 1000, 100)),
     duration=5.0,
+    sparse=(),
+    sparse_duration=0.0,
     report_calls=1_000_000,
     timed_writes=1000,
     polling_seconds=3.0,
@@ -91,23 +97,31 @@ everything else (clients, Redis, the writer) shares the other.
 NOTES = {
     "fanout": """\
 N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 updates a
-second, then the final state. **Connected**: clients that got a first message (SSE) or
-response (polling). **Final state**: clients that received it (`done`, or a final JSON
-state); the others' streams ended early or were still waiting 30 s after the last write.
-**Versions delivered**: writes that reached a client as their own message; Headway sends
-state, not events, so a stream that falls behind skips to the newest version. **Latency**:
-for every write, the arrival of the first message at least as new, minus the write's wall
-time (same clock); for polling that is staleness. **Web CPU s**: the web worker's CPU from
-the first update until every client had the final state (or 30 s), and per message (SSE) or
-response (polling) received. **Client CPU s**: the load generator's, over the same span.
-**Redis conns**: the web worker's TCP connections to Redis, most seen. **Connect s**: until
-every client had its first message. **Writes/s/job** under 10: the writer could not keep
-the pace (flask-sse opens a new Redis connection per publish, and a PUBLISH costs Redis
-O(subscribers)). The flask-sse peer publishes a payload of Headway's fragment size (4.8 KB)
-and, while clients connect, an id-less `ping` every 0.5 s, because flask-sse sends no
-response headers before its first event. Its `/poll` reads through a blocking pool of 64
-(redis-py's default pool raises MaxConnectionsError past 100 and turned polling at 1,000
-clients into thousands of HTTP 500s).""",
+second, then the final state; the last rows hold 10,000 streams over 100 jobs at one update
+a second for 20 s. Systems: Headway; a minimal flask-sse app under the same gunicorn
+config; JSON polling of that app once a second per client; and the **floor**
+(bench/floor.py), a gevent server that only writes each pre-framed message straight to the
+sockets watching its job: what any server costs on this machine, load generator included.
+**Connected**: clients that got a first message (SSE) or response (polling). **Final
+state**: clients that received it (`done`, or a final JSON state); the others' streams ended
+early or were still waiting 30 s after the last write. **Versions delivered**: writes that
+reached a client as their own message; Headway sends state, not events, so a stream that
+falls behind skips to the newest version. **Latency**: for every write, the arrival of the
+first message at least as new, minus the write's wall time (same clock); for polling that
+is staleness. **Spread**: for each version, its first to its last receipt among the
+clients. **Web CPU s**: the web worker's CPU from the first update until every client had
+the final state (or 30 s), and per message (SSE) or response (polling) received. **Server
+fan-out**: measured inside Headway's web process (`/healthz`): from a change's notice to
+its last direct write to a stream, p99 of the latest 1,000 changes. **Client CPU s**: the
+load generator's, over the same span. **Redis conns**: the web worker's TCP connections to
+Redis, most seen. **Connect s**: until every client had its first message. **Writes/s/job**:
+the pace the writer kept. The flask-sse peer publishes flask-sse's own message format, with
+a payload of 2.3 KB, through one persistent connection (`sse.publish` opens one per call,
+which held it to 3 writes a second), and, while clients connect, an id-less `ping` every
+0.5 s, because flask-sse sends no response headers before its first event; the floor does
+the same. The peer's `/poll` reads through a blocking pool of 64 (redis-py's default pool
+raises MaxConnectionsError past 100 and turned polling at 1,000 clients into thousands of
+HTTP 500s).""",
     "reporter": """\
 A tight loop of `reporter.advance()` with the default 0.1 s interval (real writes happen
 every 0.1 s inside the loop and are included), then timed single operations against the
@@ -254,10 +268,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
     results = []
-    for system, clients, jobs in plan.fanout:
+    runs = [(*scenario, plan.duration, 10.0) for scenario in plan.fanout]
+    runs += [(*scenario, plan.sparse_duration, 1.0) for scenario in plan.sparse]
+    for system, clients, jobs, duration, rate in runs:
         began = time.monotonic()
-        print(f"fan-out: {system}, {clients:,} clients on {jobs} job(s) ...", end=" ", flush=True)
-        result = run_fanout(system, clients, jobs, plan.duration, bench_redis)
+        print(
+            f"fan-out: {system}, {clients:,} clients on {jobs} job(s), {rate:g}/s ...",
+            end=" ",
+            flush=True,
+        )
+        result = run_fanout(system, clients, jobs, duration, bench_redis, rate=rate)
         results.append(result)
         print(
             f"{time.monotonic() - began:.0f} s: {result.done:,} final, "

@@ -73,6 +73,10 @@ class FanoutResult:
     writes_per_s: float
     errors: dict  # client side: why streams ended without the final state
     server_log: dict  # server side: its warnings, by message
+    # Headway only, measured in the server: from a change's notice to its last direct write
+    fanout_p99_ms: float = math.nan
+    spread_p50_ms: float = math.nan  # a version's first to last receipt among the clients
+    spread_p99_ms: float = math.nan
 
     @property
     def delivered_pct(self) -> float:
@@ -207,7 +211,11 @@ class FloorWriter(PeerWriter):
         self._writes[job][str(version)] = started
 
     def idle(self) -> None:
-        pass  # the floor sends its headers at once
+        # A client counts as connected at its first message: an id-less ping, as the peer's.
+        if time.monotonic() - self._last_ping >= PING_EVERY:
+            for job in self.ids:
+                self.client.publish(f"floor:{job}", "event: ping\ndata: -\n\n")
+            self._last_ping = time.monotonic()
 
 
 class FloorServer:
@@ -305,6 +313,7 @@ def run_fanout(
     *,
     ramp: float = 60.0,
     drain: float = 30.0,
+    rate: float = RATE,
 ) -> FanoutResult:
     """One scenario. `system`: "headway" (SSE), "flask-sse", "polling" (the peer's JSON) or
     "floor" (bench/floor.py: the least a server can do)."""
@@ -341,16 +350,17 @@ def run_fanout(
             client_process = psutil.Process(load.pid)
             cpu0, redis_cpu0 = cpu_seconds(server.worker), cpu_seconds(redis_process)
             client_cpu0 = cpu_seconds(client_process)
-            ticks = round(duration * RATE)
+            ticks = round(duration * rate)
             started = time.monotonic()
             for i in range(ticks):
-                time.sleep(max(0.0, started + i / RATE - time.monotonic()))
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
                 writer.tick(i, ticks)
             writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
             watch.count_redis_now()
             writer.finish()
             load.wait(lambda s: s["open"] == 0, drain)
             measure_s = time.monotonic() - started
+            fanout_p99 = _server_fanout_p99(server) if system == "headway" else math.nan
             cpu = cpu_seconds(server.worker) - cpu0
             redis_cpu = cpu_seconds(redis_process) - redis_cpu0
             client_cpu = cpu_seconds(client_process) - client_cpu0
@@ -384,4 +394,15 @@ def run_fanout(
         writes_per_s=writes_per_s,
         errors=result.get("errors", {}),
         server_log=server_log,
+        fanout_p99_ms=fanout_p99,
+        spread_p50_ms=result.get("spread_ms", {}).get("p50", math.nan),
+        spread_p99_ms=result.get("spread_ms", {}).get("p99", math.nan),
     )
+
+
+def _server_fanout_p99(server: WebServer) -> float:
+    """What Headway's web process measured of its own fan-out (`/healthz`)."""
+    import requests
+
+    timing = requests.get(server.base + "/healthz", timeout=10).json().get("fanout", {})
+    return timing.get("p99_ms", math.nan)

@@ -173,6 +173,12 @@ def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dic
     latencies: list[float] = []
     expected_total = delivered_total = 0
     errors: dict[str, int] = {}
+    arrivals: dict[tuple, list[float]] = {}  # (job, version) -> when each client got it
+    for c in clients:
+        for version, at in zip(c.versions, c.times, strict=True):
+            arrivals.setdefault((c.job, version), []).append(at)
+    # First to last receipt of each version, among the clients that received it.
+    spreads = [(max(t) - min(t)) * 1000 for t in arrivals.values() if len(t) > 1]
     for c in clients:
         if c.error and not c.done:
             errors[c.error] = errors.get(c.error, 0) + 1
@@ -197,6 +203,7 @@ def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dic
             "p99": percentile(latencies, 99),
             "max": max(latencies, default=float("nan")),
         },
+        "spread_ms": {"p50": percentile(spreads, 50), "p99": percentile(spreads, 99)},
         "messages": sum(len(c.versions) for c in clients),
         "requests": sum(c.requests for c in clients),
     }

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import requests
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
@@ -147,6 +148,9 @@ def test_waiting_streams_get_every_change_as_the_server_would_frame_it(server, s
         assert [h[3] for h in heads] == [str(v - 1) for v in [*written, final]]
         assert [h[2] for h in heads] == ["0"] * len(written) + ["1"]
         reader.close()
+    # The web process timed its fan-out of each of those changes (notice to last write).
+    fanout = requests.get(f"{server.url}/healthz", timeout=10).json()["fanout"]
+    assert fanout["changes"] >= len(written) and 0 < fanout["p50_ms"] <= fanout["max_ms"]
 
 
 @pytest.mark.timeout(180)

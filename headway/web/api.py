@@ -87,4 +87,6 @@ def healthz():
         redis=True,
         consumers=consumers,
         queue_length=queued,
+        # This process's time from a change's notice to its last direct write to a stream.
+        fanout=services().hub.fanout.timing(),
     )

@@ -22,6 +22,7 @@ anywhere else (TLS in the server, HTTP/1.0, another server) streams write throug
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import ssl
@@ -108,11 +109,17 @@ def _is_tls(sock) -> bool:
 
 
 class Fanout:
-    """The process's one fan-out greenlet: changes in, direct writes out."""
+    """The process's one fan-out greenlet: changes in, direct writes out.
 
-    def __init__(self, views: JobViews):
+    `times` holds, for each of the latest changes it wrote, the seconds from the change's
+    notice to its last write (`/healthz` reports them).
+    """
+
+    def __init__(self, views: JobViews, timed: int = 1000):
         self.views = views
+        self.times: collections.deque[float] = collections.deque(maxlen=timed)
         self._pending: dict[str, list[Watcher]] = {}
+        self._noticed: dict[str, float] = {}  # of each pending job: its first notice
         self._noticed_at = 0.0
         self._lock = threading.Lock()
         self._event = threading.Event()
@@ -123,6 +130,7 @@ class Fanout:
         with self._lock:
             self._pending.setdefault(job_id, []).extend(watchers)
             self._noticed_at = time.monotonic()
+            self._noticed.setdefault(job_id, self._noticed_at)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
                 self._thread.start()
@@ -134,21 +142,39 @@ class Fanout:
             with self._lock:
                 self._event.clear()
                 pending, self._pending = self._pending, {}
+                noticed, self._noticed = self._noticed, {}
                 noticed_at = self._noticed_at
             try:
-                self._send(pending, noticed_at)
+                self._send(pending, noticed, noticed_at)
             except Exception:
                 log.exception("fan-out failed; the streams catch up by themselves")
                 for job_id, watchers in pending.items():
                     for watcher in watchers:
                         watcher.notify(job_id)
 
-    def _send(self, pending: dict[str, list[Watcher]], noticed_at: float) -> None:
+    def _send(
+        self, pending: dict[str, list[Watcher]], noticed: dict[str, float], noticed_at: float
+    ) -> None:
         # Every change noticed so far, read in one round trip and rendered once.
         context = next(iter(pending.values()))[0].sink.context
         views = self.views.get(list(pending), noticed_at, context)
         for job_id, watchers in pending.items():
-            view = views.get(job_id)
+            view, written = views.get(job_id), 0
             for watcher in watchers:
-                if view is None or not watcher.parked or not watcher.sink.write(view):
+                if view is not None and watcher.parked and watcher.sink.write(view):
+                    written += 1
+                else:
                     watcher.notify(job_id)
+            if written:
+                self.times.append(time.monotonic() - noticed[job_id])
+
+    def timing(self) -> dict:
+        """The latest changes' fan-out times: how many, and their p50, p99 and max in ms."""
+        times = sorted(self.times)
+        if not times:
+            return {"changes": 0}
+
+        def ms(q: float) -> float:
+            return round(1000 * times[min(len(times) - 1, int(q * len(times)))], 2)
+
+        return {"changes": len(times), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": ms(1)}
