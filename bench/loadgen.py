@@ -173,11 +173,17 @@ def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dic
     latencies: list[float] = []
     expected_total = delivered_total = 0
     errors: dict[str, int] = {}
+    # First to last receipt of each version written once all of its job's clients were
+    # connected, among the clients that received it.
+    all_ready: dict[int, float] = {}
+    for c in clients:
+        all_ready[c.job] = max(all_ready.get(c.job, 0.0), c.t_ready or float("inf"))
     arrivals: dict[tuple, list[float]] = {}  # (job, version) -> when each client got it
     for c in clients:
+        written = writes.get(str(c.job), {})
         for version, at in zip(c.versions, c.times, strict=True):
-            arrivals.setdefault((c.job, version), []).append(at)
-    # First to last receipt of each version, among the clients that received it.
+            if written.get(str(version), 0.0) >= all_ready[c.job]:
+                arrivals.setdefault((c.job, version), []).append(at)
     spreads = [(max(t) - min(t)) * 1000 for t in arrivals.values() if len(t) > 1]
     for c in clients:
         if c.error and not c.done:

@@ -491,16 +491,28 @@ class JobStore:
     def read_since(self, since: dict[str, tuple[int, int] | None]) -> dict[str, Changes | None]:
         """For each job id, what changed since (version, log lines seen), or everything for
         None: all of them read in one round trip. None for a job that is gone."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id, seen in since.items():
-            key = self.key(job_id)
-            self._read_since(
-                keys=[key, f"{key}:log", f"{key}:items", f"{key}:itemv"],
-                args=["", 0] if seen is None else [seen[0], seen[1]],
-                client=pipe,
-            )
+
+        def read() -> list:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, seen in since.items():
+                key = self.key(job_id)
+                # By its hash: a pipeline that runs a script object asks SCRIPT EXISTS
+                # first, a second round trip on every read.
+                pipe.evalsha(
+                    self._read_since.sha,
+                    4,
+                    *(key, f"{key}:log", f"{key}:items", f"{key}:itemv"),
+                    *(("", 0) if seen is None else seen),
+                )
+            return pipe.execute()
+
+        try:
+            replies = read()
+        except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts were flushed
+            self.client.script_load(READ_SINCE_SCRIPT)
+            replies = read()
         changes: dict[str, Changes | None] = {}
-        for job_id, raw in zip(since, pipe.execute(), strict=True):
+        for job_id, raw in zip(since, replies, strict=True):
             if not raw:
                 changes[job_id] = None
                 continue

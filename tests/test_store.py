@@ -178,3 +178,16 @@ def test_reaper_marks_only_silent_jobs_interrupted(store):
     assert reaped == [silent]
     assert quick.get(silent).status == "interrupted"
     assert quick.get(alive).status == "running"
+
+
+def test_read_since_survives_a_redis_that_lost_its_scripts(store):
+    """Reads run the read script by its hash; a Redis that restarted (or flushed its
+    scripts) has it loaded again, and the read still answers."""
+    job_id = store.create(kind="steps", owner="o", title="t", stages=["Work"])
+    store.update(job_id, {"status": "running", "message": "before"})
+    assert store.read_since({job_id: None})[job_id].state.message == "before"
+    store.client.script_flush()
+    store.update(job_id, {"message": "after"})  # the update script reloads itself too
+    store.client.script_flush()
+    changes = store.read_since({job_id: None, "0" * 32: None})
+    assert changes[job_id].state.message == "after" and changes["0" * 32] is None

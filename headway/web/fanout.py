@@ -34,6 +34,8 @@ from headway.web.views import Framing, JobView, JobViews
 
 log = logging.getLogger("headway.fanout")
 
+BATCH = 8  # jobs read together (one round trip) and written before the next are read
+
 
 class Sink:
     """A stream's socket, and the version of each job it has sent (shared with the stream)."""
@@ -62,22 +64,22 @@ class Sink:
     def takes(self, job_id: str) -> bool:
         return job_id in self.sent and not self.rows
 
-    def write(self, view: JobView) -> bool:
+    def write(self, view: JobView, frames: dict) -> bool:
         """Send the change to `view` if the stream has the version it starts from; False
         when the stream must act itself. Only while the stream waits (nothing else writes).
 
         A stream that ends with the job's final state (`ends`) gets that state whole, and
-        is woken to end.
+        is woken to end. `frames` holds this change's bytes as framed for each kind of
+        stream, made once by the first stream of that kind.
         """
         job_id = view.state.id
-        final = view.state.finished and self.ends
         if self.pending or view.base is None or self.sent.get(job_id) != view.base:
             return False
-        message = view.message(self.framing, None if final else view.base, self.context)
-        data = message
-        if self.chunked:  # framed as the server frames what a response yields
-            key = ("chunk", self.framing.__name__, final)
-            data = view.once(key, lambda: b"%X\r\n%s\r\n" % (len(message), message))
+        final = self.ends and view.state.finished
+        key = (self.framing, self.chunked, final)
+        data = frames.get(key)
+        if data is None:
+            data = frames[key] = self._frame(view, final)
         try:
             written = os.write(self.fd, data)
         except BlockingIOError:
@@ -90,6 +92,12 @@ class Sink:
             self.pending = data[written:]
             return False
         return not final
+
+    def _frame(self, view: JobView, final: bool) -> bytes:
+        message = view.message(self.framing, None if final else view.base, self.context)
+        if not self.chunked:
+            return message
+        return b"%X\r\n%s\r\n" % (len(message), message)  # as the server frames a chunk
 
     def flush(self) -> None:
         """Write what the socket did not take (the stream's greenlet, waiting as it must)."""
@@ -155,18 +163,27 @@ class Fanout:
     def _send(
         self, pending: dict[str, list[Watcher]], noticed: dict[str, float], noticed_at: float
     ) -> None:
-        # Every change noticed so far, read in one round trip and rendered once.
+        # The changes noticed so far, a few jobs at a time: each few read in one round trip
+        # and rendered once, then written, so the first jobs of a burst wait for no others.
         context = next(iter(pending.values()))[0].sink.context
-        views = self.views.get(list(pending), noticed_at, context)
-        for job_id, watchers in pending.items():
-            view, written = views.get(job_id), 0
-            for watcher in watchers:
-                if view is not None and watcher.parked and watcher.sink.write(view):
-                    written += 1
-                else:
-                    watcher.notify(job_id)
-            if written:
-                self.times.append(time.monotonic() - noticed[job_id])
+        job_ids = list(pending)
+        for first in range(0, len(job_ids), BATCH):
+            batch = job_ids[first : first + BATCH]
+            views = self.views.get(batch, noticed_at, context)
+            for job_id in batch:
+                self._write(job_id, views.get(job_id), pending[job_id], noticed[job_id])
+
+    def _write(
+        self, job_id: str, view: JobView | None, watchers: list[Watcher], noticed: float
+    ) -> None:
+        written, frames = 0, {}
+        for watcher in watchers:
+            if view is not None and watcher.parked and watcher.sink.write(view, frames):
+                written += 1
+            else:
+                watcher.notify(job_id)
+        if written:
+            self.times.append(time.monotonic() - noticed)
 
     def timing(self) -> dict:
         """The latest changes' fan-out times: how many, and their p50, p99 and max in ms."""

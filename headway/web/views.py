@@ -17,6 +17,7 @@ per watcher.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import threading
 import time
@@ -61,8 +62,9 @@ class JobView:
     base: int | None  # the version `change` starts from (None: no change known)
     change: str  # out-of-band swaps that turn the page at `base` into this version
     # The parts as rendered for this version, by name ("fact:<key>" for each fact): the next
-    # change carries those that differ.
+    # change carries those that differ. And the fields of the job each part read.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
+    reads: dict[str, dict] = dataclasses.field(default_factory=dict)
     _messages: dict[tuple, bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
@@ -156,13 +158,46 @@ def fact_keys(job: JobState) -> list[str]:
     return keys
 
 
-def _parts(job: JobState) -> dict[str, str]:
-    """Every part of the page that is not an item or a log line, ready to swap in."""
-    parts = {name: _render(name, job=job, shared=True, oob=True) for name in PARTS}
+class _Reading:
+    """A job as a part's template sees it, noting each field the template reads."""
+
+    __slots__ = ("_job", "reads")
+
+    def __init__(self, job: JobState):
+        self._job = job
+        self.reads: dict[str, object] = {}
+
+    def __getattr__(self, name: str):
+        value = self.reads[name] = getattr(self._job, name)
+        return value
+
+
+def _parts(job: JobState, old: JobView | None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Every part of the page that is not an item or a log line, ready to swap in, and the
+    fields each read. A part whose fields all hold what they held in `old` is not rendered
+    again: most parts read a few fields, and most changes move a few."""
     fact = current_app.jinja_env.get_template("partials/job_fact.html").module.fact
+    renders = {name: functools.partial(_render_part, name) for name in PARTS}
     for key in fact_keys(job):
-        parts[f"fact:{key}"] = str(fact(job, key, True)).strip()
-    return parts
+        renders[f"fact:{key}"] = functools.partial(_render_fact, fact, key)
+    parts: dict[str, str] = {}
+    reads: dict[str, dict] = {}
+    for name, render in renders.items():
+        before = old.reads.get(name) if old is not None else None
+        if before is not None and all(getattr(job, f) == v for f, v in before.items()):
+            parts[name], reads[name] = old.parts[name], before
+        else:
+            reading = _Reading(job)
+            parts[name], reads[name] = render(reading), reading.reads
+    return parts, reads
+
+
+def _render_part(name: str, job: _Reading) -> str:
+    return _render(name, job=job, shared=True, oob=True)
+
+
+def _render_fact(fact, key: str, job: _Reading) -> str:
+    return str(fact(job, key, True)).strip()
 
 
 def _changed_parts(old: dict[str, str], new: dict[str, str], job: JobState) -> list[str]:
@@ -259,9 +294,9 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
     for item in change.items:
         items[item.index] = item
     log_lines = ((old.log_lines if old else []) + change.log_lines)[-cap:]
-    rendered = _parts(state)
+    rendered, reads = _parts(state, old)
     if old is None:
-        return JobView(read_at, state, items, log_lines, cap, None, "", rendered)
+        return JobView(read_at, state, items, log_lines, cap, None, "", rendered, reads)
     parts = _changed_parts(old.parts, rendered, state)
     if new_items:
         parts.append(_render("job_items", items=_ordered(items), oob=True))
@@ -275,4 +310,5 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
                 _render("job_log_line", line=line) for line in reversed(change.log_lines)
             )
             parts.append(f'<ol hx-swap-oob="afterbegin:#job-log">{lines}</ol>')
-    return JobView(read_at, state, items, log_lines, cap, old.version, "".join(parts), rendered)
+    change_html = "".join(parts)
+    return JobView(read_at, state, items, log_lines, cap, old.version, change_html, rendered, reads)
