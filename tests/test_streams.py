@@ -75,6 +75,29 @@ def open_stream(web, job_id, **headers):
     return response, Events(response)
 
 
+def test_a_change_carries_the_parts_whose_fields_changed_and_no_others(web, store):
+    job_id = new_job(store)
+    _, events = open_stream(web, job_id)
+    events.next_event()
+
+    def change(fields: dict) -> str:
+        store.update(job_id, fields)
+        return events.next_event()["data"]
+
+    moved = change({"progress": 10.0})
+    assert 'id="job-meter"' in moved
+    for part in ("job-summary", "job-stages", "job-outcome", "job-facts", "job-fact-"):
+        assert f'id="{part}' not in moved
+    appeared = change({"current": "a.jpg"})  # a fact appears: the facts come whole
+    assert 'id="job-facts"' in appeared and "a.jpg" in appeared
+    assert 'id="job-meter"' not in appeared
+    now = change({"current": "b.jpg"})  # a fact moves: that fact alone
+    assert now.startswith('<div id="job-fact-current" hx-swap-oob="outerHTML">') and "b.jpg" in now
+    assert 'id="job-facts"' not in now and 'id="job-fact-stage"' not in now
+    said = change({"message": "Halfway"})
+    assert 'id="job-summary"' in said and "Halfway" in said and "job-fact-current" not in said
+
+
 def test_headers_and_retry_hint_go_out_at_once(web, store):
     job_id = new_job(store)
     response, events = open_stream(web, job_id)

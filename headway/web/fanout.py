@@ -29,6 +29,8 @@ import ssl
 import threading
 import time
 
+import redis
+
 from headway.hub import Watcher
 from headway.web.views import Framing, JobView, JobViews
 
@@ -56,6 +58,7 @@ class Sink:
     def for_request(cls, environ, framing: Framing, sent: dict, context) -> Sink | None:
         """A sink for this response, if the server lets one write to its socket."""
         sock = environ.get("gunicorn.socket")
+        # gevent's sockets are non-blocking underneath: a write takes what fits, at once.
         if sock is None or "gevent" not in type(sock).__module__ or _is_tls(sock):
             return None
         chunked = environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
@@ -154,8 +157,11 @@ class Fanout:
                 noticed_at = self._noticed_at
             try:
                 self._send(pending, noticed, noticed_at)
-            except Exception:
-                log.exception("fan-out failed; the streams catch up by themselves")
+            except Exception as exc:
+                if isinstance(exc, redis.RedisError):  # the streams say so, each as it ends
+                    log.debug("fan-out could not read: %s", exc)
+                else:
+                    log.exception("fan-out failed; the streams catch up by themselves")
                 for job_id, watchers in pending.items():
                     for watcher in watchers:
                         watcher.notify(job_id)

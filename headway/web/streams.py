@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import redis
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from headway.hub import HubUnavailable
+from headway.hub import HubUnavailable, Watcher
 from headway.store import FINAL_STATUSES
 from headway.web import client_address, current_owner, load_job, reap_if_stale, services
 from headway.web.fanout import Sink
@@ -122,6 +122,15 @@ def live_framing(view: JobView, html: str, as_change: bool) -> bytes:
     return sse("job", f"{state.id} {view.version} {int(state.finished)} {base}\n{html}").encode()
 
 
+def _wait(watcher: Watcher, sink: Sink | None, timeout: float):
+    """Wait for a change (the fan-out may write to the stream meanwhile); then finish what
+    it left half written, before the stream writes anything of its own."""
+    woken = watcher.wait(timeout)
+    if sink is not None:
+        sink.flush()
+    return woken
+
+
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
     """The job's live stream: `progress` events, then one `done` event, then the end."""
@@ -144,8 +153,6 @@ def job_events(job_id: str):
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 fresh_since = watcher.changed_at
                 while True:
-                    if sink is not None:
-                        sink.flush()
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
@@ -163,7 +170,8 @@ def job_events(job_id: str):
                     if remaining <= 0:
                         return  # the browser reconnects with Last-Event-ID
                     keepalive = svc.settings.keepalive_seconds
-                    if watcher.wait(min(keepalive, remaining)) is None:
+                    woken = _wait(watcher, sink, min(keepalive, remaining))
+                    if woken is None:
                         yield KEEPALIVE
                         # Quiet for a while: look again (its worker may have died), sharing
                         # the look with the job's other streams.
@@ -255,8 +263,6 @@ def live():
                 fresh_since = watcher.changed_at
                 changed: set[str] | None = None  # None: look at everything
                 while True:
-                    if sink is not None:
-                        sink.flush()
                     messages = []
                     look = [j for j in sorted(sent) if changed is None or j in changed]
                     views = svc.views.get(look, fresh_since, context)
@@ -284,7 +290,7 @@ def live():
                     if remaining <= 0:
                         return  # the browser reconnects, saying which versions it has
                     keepalive = svc.settings.keepalive_seconds
-                    woken = watcher.wait(min(keepalive, remaining))
+                    woken = _wait(watcher, sink, min(keepalive, remaining))
                     lease.renew()
                     if woken is None:
                         yield KEEPALIVE

@@ -5,13 +5,13 @@ The job page is made of parts: the status line, the meter (bar and percent), the
 each fact (counts, rate, time left...), the outcome (problems, downloads or Retry, Cancel),
 each item bar and the log. When a job changes, one read (of every job that changed
 together, in one round trip) fetches the record, the items changed since the version held
-(each item carries the version that last changed it) and the log lines added since; the
-parts are rendered once, and the change is the parts whose markup differs from the version
-before, the changed items and the new log lines, as out-of-band swaps. A stream that last
-sent the version before gets that change; any other (new, resumed, or fallen behind) gets
-the whole state, rendered once per version when first asked for. Every message is framed
-once and sent as the same bytes to every stream: the work per change is per process, never
-per watcher.
+(each item carries the version that last changed it) and the log lines added since; each
+part is rendered again only if a field it reads changed, and the change is the parts whose
+markup differs from the version before, the changed items and the new log lines, as
+out-of-band swaps. A stream that last sent the version before gets that change; any other
+(new, resumed, or fallen behind) gets the whole state, rendered once per version when first
+asked for. Every message is framed once and sent as the same bytes to every stream: the
+work per change is per process, never per watcher.
 """
 
 from __future__ import annotations
