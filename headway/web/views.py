@@ -30,20 +30,26 @@ from headway.store import ItemProgress, JobState, JobStore
 
 # Parts sent when their markup changed (templates/partials/<name>.html), besides the facts.
 PARTS = ("job_summary", "job_meter", "job_stages", "job_outcome")
+# What the environment's trim_blocks and lstrip_blocks remove (the line break after a block
+# or comment tag, the indentation before one), then every other line break.
+TRIM_BLOCKS = re.compile(r"([%#]})\r?\n")
+LSTRIP_BLOCKS = re.compile(r"^[ \t]+(\{[%#])", re.MULTILINE)
 LINE_BREAKS = re.compile(r"[ \t]*[\r\n][ \t\r\n]*")
 
 
 class CompactPartials(FileSystemLoader):
     """The templates folder, with every line break of a partial (and the indentation around
-    it) read as one space: the regions and their parts come out on one line, as a browser
-    shows them anyway (none holds preformatted text). A live message is then a fifth
-    smaller, one SSE `data:` line instead of dozens, and nothing is spent on it per render.
+    it) read as one space, after what trim_blocks and lstrip_blocks take away: the regions
+    and their parts come out on one line, as a browser shows them anyway (none holds
+    preformatted text). A live message is then a fifth smaller, one SSE `data:` line
+    instead of dozens, and nothing is spent on it per render.
     """
 
     def get_source(self, environment, template):
         source, filename, uptodate = super().get_source(environment, template)
         if template.startswith("partials/"):
-            source = LINE_BREAKS.sub(" ", source)
+            source = LSTRIP_BLOCKS.sub(r"\1", source)
+            source = LINE_BREAKS.sub(" ", TRIM_BLOCKS.sub(r"\1", source))
         return source, filename, uptodate
 
 
