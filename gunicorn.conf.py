@@ -18,3 +18,12 @@ control_socket_disable = True
 accesslog = os.environ.get("HEADWAY_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("HEADWAY_LOG_LEVEL", "info")
+
+
+def post_worker_init(worker):
+    """Leave what the worker holds once started (modules, templates, the app) out of every
+    garbage collection from now on: with thousands of streams, each full collection would
+    scan it all again for nothing."""
+    import gc
+
+    gc.freeze()

@@ -131,8 +131,9 @@ What one watcher receives while a job runs, as an images job would write it (eve
 registered, then converted one at a time: its bar done, the next one running, a log line,
 the counts; ten flushes a second, 100 in all). **Whole**: the first message, the whole
 progress region. **Median** and **max**: the messages while it runs, each the change from
-the version before (the header, the two item bars that changed, the new log line) as
-out-of-band swaps. Each size is the SSE message's bytes as sent.""",
+the version before (the parts that changed: the meter and the facts that moved, the two
+item bars, the new log line) as out-of-band swaps. Each size is the SSE message's bytes as
+sent.""",
     "polling": """\
 Closed loop: each keep-alive connection asks again as soon as it is answered. The
 fragment is the same partial the page and the stream render (job with 10 item bars).""",

@@ -162,6 +162,7 @@ class WebServer:
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "1",
             "HEADWAY_WORKER_CONNECTIONS": "12000",
+            "HEADWAY_MAX_STREAMS_PER_PROCESS": "11000",  # the 10,000-stream scenario
             "HEADWAY_LOG_LEVEL": "warning",
             "HEADWAY_RATE_LIMITS": "off",
             "HEADWAY_INSTANCE_PATH": str(self.instance),

@@ -37,8 +37,9 @@ def _per_stream_work(r: FanoutResult) -> str:
         f"(headway/web/fanout.py): {r.cpu_per_message_us:,.1f} µs of web CPU per message "
         f"here. The writes are one after another, so the last of {r.clients:,} streams gets "
         f"it about {serial_ms:,.0f} ms after the first, before the clients' own processing; "
-        f"at 10 updates/s that is {r.clients * 10 * r.cpu_per_message_us / 1e6:,.2f} cores "
-        f"of work, and the web process used {cores:.2f}. A stream that falls behind skips "
+        f"at {r.writes_per_s:.0f} updates/s per job that is "
+        f"{r.clients * r.writes_per_s * r.cpu_per_message_us / 1e6:,.2f} cores of work, and "
+        f"the web process used {cores:.2f}. A stream that falls behind skips "
         f"to the newest version (state, not events). More web processes (WEB_CONCURRENCY) "
         f"divide the fan-out."
     )
