@@ -97,8 +97,9 @@ everything else (clients, Redis, the writer) shares the other.
 NOTES = {
     "fanout": """\
 N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 updates a
-second, then the final state; the last rows hold 10,000 streams over 100 jobs at one update
-a second for 20 s. Systems: Headway; a minimal flask-sse app under the same gunicorn
+second (every job at the same moment, the worst case), then the final state; the last rows
+hold 10,000 streams over 100 jobs that update once a second each, at their own moments as
+independent jobs do, for 20 s. Systems: Headway; a minimal flask-sse app under the same gunicorn
 config; JSON polling of that app once a second per client; and the **floor**
 (bench/floor.py), a gevent server that only writes each pre-framed message straight to the
 sockets watching its job: what any server costs on this machine, load generator included.
@@ -269,16 +270,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
     results = []
-    runs = [(*scenario, plan.duration, 10.0) for scenario in plan.fanout]
-    runs += [(*scenario, plan.sparse_duration, 1.0) for scenario in plan.sparse]
-    for system, clients, jobs, duration, rate in runs:
+    runs = [(*scenario, plan.duration, 10.0, False) for scenario in plan.fanout]
+    runs += [(*scenario, plan.sparse_duration, 1.0, True) for scenario in plan.sparse]
+    for system, clients, jobs, duration, rate, stagger in runs:
         began = time.monotonic()
         print(
             f"fan-out: {system}, {clients:,} clients on {jobs} job(s), {rate:g}/s ...",
             end=" ",
             flush=True,
         )
-        result = run_fanout(system, clients, jobs, duration, bench_redis, rate=rate)
+        result = run_fanout(
+            system, clients, jobs, duration, bench_redis, rate=rate, stagger=stagger
+        )
         results.append(result)
         print(
             f"{time.monotonic() - began:.0f} s: {result.done:,} final, "

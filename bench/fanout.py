@@ -131,12 +131,16 @@ class HeadwayWriter:
             self._last_beat = time.monotonic()
 
     def tick(self, i: int, total: int) -> None:
-        for reporter in self.reporters:
-            reporter.set(done=i + 1, total=total, current=f"item-{i}.dat")
-            reporter.item(i % 10, f"item-{i % 10}.dat", 100.0 * (i + 1) / total)
-            if i % 10 == 0:
-                reporter.log(f"{i + 1} of {total} done")
-            reporter.flush()
+        for k in range(len(self.reporters)):
+            self.tick_job(k, i, total)
+
+    def tick_job(self, k: int, i: int, total: int) -> None:
+        reporter = self.reporters[k]
+        reporter.set(done=i + 1, total=total, current=f"item-{i}.dat")
+        reporter.item(i % 10, f"item-{i % 10}.dat", 100.0 * (i + 1) / total)
+        if i % 10 == 0:
+            reporter.log(f"{i + 1} of {total} done")
+        reporter.flush()
 
     def finish(self) -> None:
         for reporter in self.reporters:
@@ -182,8 +186,11 @@ class PeerWriter:
             self._last_ping = time.monotonic()
 
     def tick(self, i: int, total: int) -> None:
-        for job in self.ids:
-            self._write(job, "running", 100.0 * (i + 1) / total)
+        for k in range(len(self.ids)):
+            self.tick_job(k, i, total)
+
+    def tick_job(self, k: int, i: int, total: int) -> None:
+        self._write(self.ids[k], "running", 100.0 * (i + 1) / total)
 
     def finish(self) -> None:
         for job in self.ids:
@@ -314,6 +321,7 @@ def run_fanout(
     ramp: float = 60.0,
     drain: float = 30.0,
     rate: float = RATE,
+    stagger: bool = False,
 ) -> FanoutResult:
     """One scenario. `system`: "headway" (SSE), "flask-sse", "polling" (the peer's JSON) or
     "floor" (bench/floor.py: the least a server can do)."""
@@ -353,8 +361,13 @@ def run_fanout(
             ticks = round(duration * rate)
             started = time.monotonic()
             for i in range(ticks):
-                time.sleep(max(0.0, started + i / rate - time.monotonic()))
-                writer.tick(i, ticks)
+                if not stagger:  # every job at once, the worst case
+                    time.sleep(max(0.0, started + i / rate - time.monotonic()))
+                    writer.tick(i, ticks)
+                    continue
+                for k in range(jobs):  # each job at its own moment, as independent jobs
+                    time.sleep(max(0.0, started + (i + k / jobs) / rate - time.monotonic()))
+                    writer.tick_job(k, i, ticks)
             writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
             watch.count_redis_now()
             writer.finish()

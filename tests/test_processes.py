@@ -57,13 +57,26 @@ def test_worker_killed_mid_job_ends_interrupted(store, worker_process):
 def test_healthz_counts_live_consumers(client, worker_process):
     alone = client.get("/healthz")
     assert alone.status_code == 200  # the web itself is fine: jobs just wait in the queue
-    assert alone.json == {"status": "degraded", "redis": True, "consumers": 0, "queue_length": 0}
+    quiet = {"changes": 0}  # no stream has been written to yet
+    assert alone.json == {
+        "status": "degraded",
+        "redis": True,
+        "consumers": 0,
+        "queue_length": 0,
+        "fanout": quiet,
+    }
     worker_process()
     health = wait_for(
         lambda: (h := client.get("/healthz")).json["consumers"] >= 1 and h, timeout=20
     )
     assert health.status_code == 200
-    assert health.json == {"status": "ok", "redis": True, "consumers": 1, "queue_length": 0}
+    assert health.json == {
+        "status": "ok",
+        "redis": True,
+        "consumers": 1,
+        "queue_length": 0,
+        "fanout": quiet,
+    }
 
 
 def test_healthz_is_503_when_redis_is_unreachable():
