@@ -143,8 +143,11 @@ class HeadwayWriter:
         reporter.flush()
 
     def finish(self) -> None:
-        for reporter in self.reporters:
-            reporter.flush(status="succeeded", finished_at=time.time(), message="Done")
+        for k in range(len(self.reporters)):
+            self.finish_job(k)
+
+    def finish_job(self, k: int) -> None:
+        self.reporters[k].flush(status="succeeded", finished_at=time.time(), message="Done")
 
     def writes(self) -> dict[str, dict[str, float]]:
         return {str(i): self.store.writes.get(job_id, {}) for i, job_id in enumerate(self.ids)}
@@ -193,8 +196,11 @@ class PeerWriter:
         self._write(self.ids[k], "running", 100.0 * (i + 1) / total)
 
     def finish(self) -> None:
-        for job in self.ids:
-            self._write(job, "succeeded", 100.0)
+        for k in range(len(self.ids)):
+            self.finish_job(k)
+
+    def finish_job(self, k: int) -> None:
+        self._write(self.ids[k], "succeeded", 100.0)
 
     def writes(self) -> dict[str, dict[str, float]]:
         return {str(i): self._writes[job] for i, job in enumerate(self.ids)}
@@ -370,7 +376,12 @@ def run_fanout(
                     writer.tick_job(k, i, ticks)
             writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
             watch.count_redis_now()
-            writer.finish()
+            if stagger:  # and each ends at its own moment too
+                for k in range(jobs):
+                    time.sleep(max(0.0, started + (ticks + k / jobs) / rate - time.monotonic()))
+                    writer.finish_job(k)
+            else:
+                writer.finish()
             load.wait(lambda s: s["open"] == 0, drain)
             measure_s = time.monotonic() - started
             fanout_p99 = _server_fanout_p99(server) if system == "headway" else math.nan
