@@ -41,6 +41,7 @@ class Reader(threading.Thread):
         self.messages: list[tuple[str, str, str]] = []
         self.reading = threading.Event()
         self.closing = False
+        self.keepalives: list[float] = []  # when each keepalive comment arrived
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         if receive_buffer:  # set before connecting, so the window stays small
             sock = socket.socket()
@@ -69,6 +70,8 @@ class Reader(threading.Thread):
                     event_id = line[4:]
                 elif line.startswith("data: "):
                     data.append(line[6:])
+                elif line.startswith(": keepalive"):
+                    self.keepalives.append(time.monotonic())
         except (OSError, http.client.HTTPException):
             if not self.closing:
                 raise
@@ -191,3 +194,23 @@ def test_a_stalled_reader_skips_to_the_newest_state_and_holds_up_no_one(server, 
     for reader in prompt:
         reader.join(30)
         assert reader.versions("done") == [final]
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_the_fanout_feeds_is_not_idle_and_gets_no_keepalives(live_servers, store):
+    server = live_servers(SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="1")
+    job_id, reporter = items_job(store, 3)
+    reader = Reader(server.port, f"/jobs/{job_id}/events")
+    reader.start()
+    wait_until_watched(1, [reader])
+    feeding = time.monotonic()
+    for step in range(12):  # a change every 0.25 s for 3 s: never a second of silence
+        reporter.set(done=step, total=12)
+        reporter.flush()
+        time.sleep(0.25)
+    fed = time.monotonic()
+    time.sleep(2.5)  # then silence: keepalives again, one a second
+    assert len(reader.versions("delta")) == 12
+    assert not [t for t in reader.keepalives if feeding < t < fed], reader.keepalives
+    assert [t for t in reader.keepalives if t > fed + 0.5], "no keepalive once quiet"
+    reader.close()

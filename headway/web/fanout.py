@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import ssl
 import threading
@@ -53,6 +54,7 @@ class Sink:
         self.context = context
         self.rows = False  # it also keeps rows: every change wakes it
         self.pending = b""  # what the socket has not taken yet: the stream writes it
+        self.written_at = -math.inf  # monotonic time of the fan-out's last write here
 
     @classmethod
     def for_request(cls, environ, framing: Framing, sent: dict, context) -> Sink | None:
@@ -91,6 +93,7 @@ class Sink:
             return False  # gone: the stream finds out when it next writes, and ends
         self.sent[job_id] = view.version
         self.ended = final
+        self.written_at = time.monotonic()
         if written < len(data):
             self.pending = data[written:]
             return False

@@ -122,10 +122,26 @@ def live_framing(view: JobView, html: str, as_change: bool) -> bytes:
     return sse("job", f"{state.id} {view.version} {int(state.finished)} {base}\n{html}").encode()
 
 
-def _wait(watcher: Watcher, sink: Sink | None, timeout: float):
-    """Wait for a change (the fan-out may write to the stream meanwhile); then finish what
-    it left half written, before the stream writes anything of its own."""
-    woken = watcher.wait(timeout)
+def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float):
+    """Wait for a change: its ids (as `Watcher.wait` returns them), or None once a keepalive
+    is due or the stream's `deadline` has come.
+
+    The fan-out may write to the stream meanwhile. The stream is not idle while it does, so
+    a keepalive falls due `keepalive` seconds after the last of those writes, and the
+    stream's slots are renewed as it waits on. Then whatever the fan-out left half written
+    is finished, before the stream writes anything of its own.
+    """
+    keepalive = lease.keepalive
+    until = min(time.monotonic() + keepalive, deadline)
+    while True:
+        woken = watcher.wait(max(0.0, until - time.monotonic()))
+        if woken is not None or sink is None:
+            break
+        due = min(sink.written_at + keepalive, deadline)
+        if due <= time.monotonic():
+            break
+        lease.renew()
+        until = due
     if sink is not None:
         sink.flush()
     return woken
@@ -166,11 +182,10 @@ def job_events(job_id: str):
                         sent[job.id] = view.version
                     if view.state.finished:
                         return
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if time.monotonic() >= deadline:
                         return  # the browser reconnects with Last-Event-ID
                     keepalive = svc.settings.keepalive_seconds
-                    woken = _wait(watcher, sink, min(keepalive, remaining))
+                    woken = _wait(watcher, sink, lease, deadline)
                     if woken is None:
                         yield KEEPALIVE
                         # Quiet for a while: look again (its worker may have died), sharing
@@ -286,11 +301,10 @@ def live():
                             messages.append(_row_messages(job_id, state, statuses))
                     if messages:
                         yield b"".join(messages)
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if time.monotonic() >= deadline:
                         return  # the browser reconnects, saying which versions it has
                     keepalive = svc.settings.keepalive_seconds
-                    woken = _wait(watcher, sink, min(keepalive, remaining))
+                    woken = _wait(watcher, sink, lease, deadline)
                     lease.renew()
                     if woken is None:
                         yield KEEPALIVE
