@@ -70,12 +70,13 @@ class Sink:
         return job_id in self.sent and not self.rows
 
     def write(self, view: JobView, frames: dict) -> bool:
-        """Send the change to `view` if the stream has the version it starts from; False
-        when the stream must act itself. Only while the stream waits (nothing else writes).
+        """Send the change to `view` if the stream has the version it starts from: True
+        once the socket took all of it; False when the stream must act itself. Only while
+        the stream waits (nothing else writes to it).
 
         A stream that ends with the job's final state (`ends`) gets that state whole, and
-        is woken to end. `frames` holds this change's bytes as framed for each kind of
-        stream, made once by the first stream of that kind.
+        is then `ended`: it must be woken to end. `frames` holds this change's bytes as
+        framed for each kind of stream, made once by the first stream of that kind.
         """
         job_id = view.state.id
         if self.pending or view.base is None or self.sent.get(job_id) != view.base:
@@ -97,7 +98,7 @@ class Sink:
         if written < len(data):
             self.pending = data[written:]
             return False
-        return not final
+        return True
 
     def _frame(self, view: JobView, final: bool) -> bytes:
         message = view.message(self.framing, None if final else view.base, self.context)
@@ -189,6 +190,8 @@ class Fanout:
         for watcher in watchers:
             if view is not None and watcher.parked and watcher.sink.write(view, frames):
                 written += 1
+                if watcher.sink.ended:  # its last message: the stream is woken to end
+                    watcher.notify(job_id)
             else:
                 watcher.notify(job_id)
         if written:

@@ -169,13 +169,13 @@ def job_events(job_id: str):
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 fresh_since = watcher.changed_at
                 while True:
+                    if sink is not None and sink.ended:
+                        return  # the fan-out sent the final state
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
                     # A final state is always sent whole: it is what closes the stream.
                     last = None if view.state.finished else sent[job.id]
-                    if view.state.finished and sink is not None and sink.ended:
-                        return  # the fan-out sent it
                     message = view.message(stream_framing, last, context)
                     if message is not None:
                         yield message
