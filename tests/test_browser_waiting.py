@@ -327,7 +327,11 @@ def test_the_eta_waits_for_evidence_then_reads_calmly_and_never_counts_up(server
     etas = [(pct, text) for pct, text in page.evaluate("window.__etas") if text != "–"]
     assert etas, "no ETA was ever shown"
     first_guess = next(i for i, (_, text) in enumerate(etas) if text != "estimating…")
-    assert etas[0][1] == "estimating…" and etas[0][0] < 3, etas  # no guess at the start
+    # No guess at the start. The page may load a moment after the job began (10 % in one
+    # loaded run), so the rule is checked on whatever it saw: nothing but "estimating…"
+    # below 3 %, and a first guess only after it.
+    assert etas[0][1] == "estimating…", etas
+    assert all(text == "estimating…" for pct, text in etas if pct < 3), etas
     assert etas[first_guess][0] >= 3, etas  # a few percent of evidence first
     shown = [text for _, text in etas[first_guess:]]
     assert all(re.fullmatch(r"less than a minute|about \d+ min", t) for t in shown), etas
