@@ -256,14 +256,28 @@
     expectLive();
   }
 
+  // Replace `el` with `html`; a link that had the focus in it has it again in the new one.
+  function swapKeepingFocus(el, html) {
+    var focused = document.activeElement, id = el.id, href = null;
+    if (focused && el.contains(focused)) { href = focused.getAttribute("href"); }
+    htmx.swap(el, html, { swapStyle: "outerHTML" });
+    if (href === null) { return; }
+    var links = byId(id) ? byId(id).querySelectorAll("a[href]") : [];
+    Array.prototype.forEach.call(links, function (a) {
+      if (a.getAttribute("href") === href) { a.focus(); }
+    });
+  }
+
   function receive(m) {
     if (m.type === "state") {
       showLiveState(m.state);
     } else if (m.type === "job") {
       showJob(m);
     } else if (m.type === "row") {
+      // A row the page already shows at this version stays as it is (a stream sends every
+      // row when it opens): replacing it would take the focus from a link in it.
       var row = byId("job-row-" + m.job);
-      if (row) { htmx.swap(row, m.html, { swapStyle: "outerHTML" }); }
+      if (row && !(Number(row.dataset.version) >= m.version)) { swapKeepingFocus(row, m.html); }
     } else if (m.type === "notice") {
       var box = byId("notices");
       if (box) { htmx.swap(box, m.html, { swapStyle: "afterbegin" }); }

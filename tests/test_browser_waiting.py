@@ -630,3 +630,20 @@ def test_the_job_list_filters_pages_and_clears_finished_jobs(server, context, pa
     for job in [*done, failed]:
         assert context.request.get(f"{base}/api/jobs/{job}").status == 404
     cancel(context, base, token, running)
+
+
+def test_a_focused_link_in_the_job_list_keeps_the_focus_through_live_rows(server, context, page):
+    """The list's stream sends every row when it opens and each row again when its job
+    moves; a keyboard user on a row's link must not lose the focus to either."""
+    base = server.url
+    token = start(page, base)
+    job = post_job(context, base, token, steps=60, delay=0.1)
+    wait_for_job(context, base, job, "running")
+    page.goto(f"{base}/jobs")
+    row = f"#job-row-{job}"
+    page.focus(f"{row} a")
+    version = page.locator(row).get_attribute("data-version")
+    page.wait_for_function(
+        "([sel, v]) => document.querySelector(sel).dataset.version !== v", arg=[row, version]
+    )
+    assert page.evaluate("s => document.activeElement.matches(s)", f"{row} a")
