@@ -16,7 +16,7 @@ from bench.hostile import HealthPhase
 from bench.polling import Throughput
 from bench.reporter_cost import Cost
 from bench.sizes import SizeResult
-from bench.upload import UploadResult
+from bench.upload import Transfer, UploadResult
 
 SYSTEMS = {
     "headway": "Headway SSE",
@@ -165,17 +165,20 @@ def polling_table(rows: list[Throughput]) -> str:
 def upload_table(result: UploadResult) -> str:
     headers = ["Kind", "File", "HTTP status", "Seconds", "MB/s", "RSS before MB", "Peak RSS MB"]
     headers.append("Growth MB")
-    row = [
-        f"`{result.kind}`",
-        f"{result.size_bytes / 1024**3:.2f} GiB",
-        result.status,
-        _num(result.seconds, 1),
-        _num(result.mb_per_s),
-        _num(result.rss_start_mb),
-        _num(result.rss_peak_mb),
-        _num(result.growth_mb, 1),
+    return table(headers, [[f"`{result.what}`", *_transfer_cells(result)]])
+
+
+def _transfer_cells(t: Transfer) -> list:
+    """Size, answer, time, rate and the web process's memory, as the tables show them."""
+    return [
+        f"{t.size_bytes / 1024**3:.2f} GiB",
+        t.status,
+        _num(t.seconds, 1),
+        _num(t.mb_per_s),
+        _num(t.rss_start_mb),
+        _num(t.rss_peak_mb),
+        _num(t.growth_mb, 1),
     ]
-    return table(headers, [row])
 
 
 def sizes_table(results: list[SizeResult]) -> str:
@@ -250,29 +253,6 @@ def s3_table(result) -> str:
     headers = ["Transfer", "Size", "HTTP status", "Seconds", "MB/s", "Web RSS before MB"]
     headers += ["Web peak RSS MB", "Growth MB"]
     upload = result.upload
-    rows = [
-        [
-            f"upload (`{upload.kind}`), multipart into the bucket",
-            f"{upload.size_bytes / 1024**3:.2f} GiB",
-            upload.status,
-            _num(upload.seconds, 1),
-            _num(upload.mb_per_s),
-            _num(upload.rss_start_mb),
-            _num(upload.rss_peak_mb),
-            _num(upload.growth_mb, 1),
-        ]
-    ]
-    for t in result.transfers:
-        rows.append(
-            [
-                f"download, {t.what}",
-                f"{t.size_bytes / 1024**3:.2f} GiB",
-                t.status,
-                _num(t.seconds, 1),
-                _num(t.mb_per_s),
-                _num(t.rss_start_mb),
-                _num(t.rss_peak_mb),
-                _num(t.growth_mb, 1),
-            ]
-        )
+    rows = [[f"upload (`{upload.what}`), multipart into the bucket", *_transfer_cells(upload)]]
+    rows += [[f"download, {t.what}", *_transfer_cells(t)] for t in result.transfers]
     return table(headers, rows)

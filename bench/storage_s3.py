@@ -20,27 +20,9 @@ import requests
 
 from bench.metrics import ProcessWatch, mb
 from bench.servers import RedisServer, WebServer
-from bench.upload import UploadResult, run_upload
+from bench.upload import Transfer, UploadResult, run_upload
 
 CHUNK = 1024 * 1024
-
-
-@dataclasses.dataclass
-class Transfer:
-    what: str
-    size_bytes: int
-    status: int
-    seconds: float
-    rss_start_mb: float
-    rss_peak_mb: float
-
-    @property
-    def growth_mb(self) -> float:
-        return self.rss_peak_mb - self.rss_start_mb
-
-    @property
-    def mb_per_s(self) -> float:
-        return mb(self.size_bytes) / self.seconds
 
 
 @dataclasses.dataclass
@@ -99,7 +81,7 @@ def run_s3(bench_redis: RedisServer, size: int) -> S3Result:
     env = {**weed.env, "HEADWAY_STORAGE_URL": f"s3://{BUCKET}/{prefix}"}
     try:
         upload = run_upload(bench_redis, size, env=env, name="upload-s3")
-        upload.kind = f"{upload.kind}, S3"
+        upload.what = f"{upload.what}, S3"
         transfers = []
         if upload.status == 303:
             job_id = _finish_job(bench_redis, weed, prefix, upload)

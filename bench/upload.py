@@ -26,15 +26,16 @@ FALLBACK_KIND = "bench-upload"
 
 
 @dataclasses.dataclass
-class UploadResult:
-    kind: str
+class Transfer:
+    """A file moved through the web process: what it was, its size, the answer, the time it
+    took and the web process's memory before and at its peak."""
+
+    what: str
     size_bytes: int
     status: int
     seconds: float
     rss_start_mb: float
     rss_peak_mb: float
-    job_path: str = ""  # where the upload's answer sent the browser: /jobs/<id>
-    cookie: str = ""  # the uploader's session, its owner's
 
     @property
     def growth_mb(self) -> float:
@@ -43,6 +44,14 @@ class UploadResult:
     @property
     def mb_per_s(self) -> float:
         return mb(self.size_bytes) / self.seconds
+
+
+@dataclasses.dataclass
+class UploadResult(Transfer):
+    """An upload (`what`: the job kind it was posted to)."""
+
+    job_path: str = ""  # where the upload's answer sent the browser: /jobs/<id>
+    cookie: str = ""  # the uploader's session, its owner's
 
 
 class _FormFields(html.parser.HTMLParser):
