@@ -444,25 +444,29 @@ class S3Storage(Storage):
             return gevent.get_hub().threadpool.apply(method, kwds=kwargs)
         return method(**kwargs)
 
-    def _missing(self, exc) -> bool:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        return code in ("404", "NoSuchKey", "NotFound")
+    @contextlib.contextmanager
+    def _translated(self, doing: str, key: str) -> Iterator[None]:
+        """boto3's errors as the storage's own: a missing object as KeyError(key), any
+        other failure as StorageError("could not <doing> <key>: ...")."""
+        try:
+            yield
+        except self._client_error as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(key) from None
+            raise StorageError(f"could not {doing} {key}: {exc}") from exc
+        except self.errors as exc:
+            raise StorageError(f"could not {doing} {key}: {exc}") from exc
 
     def new_upload(self, key: str, spool_dir: Path, keep_local: bool) -> ObjectUpload:
         return _S3Upload(self, key, spool_dir, keep_local)
 
     def fetch(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with self._translated("fetch", key):
             self.client.download_file(
                 self.bucket, self.full_key(key), str(path), Config=self.transfer
             )
-        except self._client_error as exc:
-            if self._missing(exc):
-                raise KeyError(key) from None
-            raise StorageError(f"could not fetch {key}: {exc}") from exc
-        except self.errors as exc:
-            raise StorageError(f"could not fetch {key}: {exc}") from exc
 
     def put(self, path: Path, key: str) -> None:
         try:
@@ -473,44 +477,29 @@ class S3Storage(Storage):
             raise StorageError(f"could not store {key}: {exc}") from exc
 
     def copy(self, source: str, key: str) -> None:
-        try:
+        with self._translated("copy", source):
             self.client.copy(
                 {"Bucket": self.bucket, "Key": self.full_key(source)},
                 self.bucket,
                 self.full_key(key),
                 Config=self.transfer,
             )
-        except self._client_error as exc:
-            if self._missing(exc):
-                raise KeyError(source) from None
-            raise StorageError(f"could not copy {source}: {exc}") from exc
-        except self.errors as exc:
-            raise StorageError(f"could not copy {source}: {exc}") from exc
 
     def info(self, key: str) -> ObjectInfo | None:
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-        except self._client_error as exc:
-            if self._missing(exc):
-                return None
-            raise StorageError(f"could not look up {key}: {exc}") from exc
-        except self.errors as exc:
-            raise StorageError(f"could not look up {key}: {exc}") from exc
+            with self._translated("look up", key):
+                head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except KeyError:
+            return None
         return ObjectInfo(head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
 
     def open(self, key: str, start: int | None = None, stop: int | None = None):
         """The object's body (a botocore StreamingBody), bytes [start, stop) if given."""
         extra = {"Range": f"bytes={start}-{stop - 1}"} if start is not None else {}
-        try:
+        with self._translated("read", key):
             return self.client.get_object(Bucket=self.bucket, Key=self.full_key(key), **extra)[
                 "Body"
             ]
-        except self._client_error as exc:
-            if self._missing(exc):
-                raise KeyError(key) from None
-            raise StorageError(f"could not read {key}: {exc}") from exc
-        except self.errors as exc:
-            raise StorageError(f"could not read {key}: {exc}") from exc
 
     def presigned_url(self, key: str, filename: str, mimetype: str, seconds: float) -> str:
         return self.client.generate_presigned_url(
