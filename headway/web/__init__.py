@@ -229,26 +229,26 @@ def register_errors(app: Flask) -> None:
         title = "Slow down" if exc.status == 429 else "Busy"
         return error_response(exc.status, title, str(exc), {"Retry-After": str(exc.retry_after)})
 
+    def unavailable(what: str, exc: Exception, message: str):
+        log.error("%s unavailable for %s %s: %s", what, request.method, request.path, exc)
+        return error_response(503, "Temporarily unavailable", message, {"Retry-After": "5"})
+
     @app.errorhandler(StorageError)
     def storage_down(exc):
-        log.error("storage unavailable for %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            503,
-            "Temporarily unavailable",
+        return unavailable(
+            "storage",
+            exc,
             "Headway cannot reach its file storage right now; try again in a few seconds.",
-            {"Retry-After": "5"},
         )
 
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(HubUnavailable)
     def redis_down(exc):
-        log.error("redis unavailable for %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            503,
-            "Temporarily unavailable",
+        return unavailable(
+            "redis",
+            exc,
             "Headway cannot reach its job store right now. Running jobs keep working; "
             "try again in a few seconds.",
-            {"Retry-After": "5"},
         )
 
 
