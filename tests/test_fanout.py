@@ -214,3 +214,26 @@ def test_a_stream_the_fanout_feeds_is_not_idle_and_gets_no_keepalives(live_serve
     assert not [t for t in reader.keepalives if feeding < t < fed], reader.keepalives
     assert [t for t in reader.keepalives if t > fed + 0.5], "no keepalive once quiet"
     reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_streams_that_got_their_final_state_end_when_many_jobs_end_at_once(live_servers, store):
+    # The fan-out writes each final state and wakes its streams to end once it has no
+    # change left to write. A keepalive (here ten minutes away) must not be what ends them.
+    server = live_servers(
+        SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="600", HEADWAY_RATE_LIMITS="off"
+    )
+    jobs = [items_job(store, 3) for _ in range(4)]
+    readers = [
+        Reader(server.port, f"/jobs/{job_id}/events") for job_id, _ in jobs for _ in range(6)
+    ]
+    for reader in readers:
+        reader.start()
+    wait_until_watched(len(readers), readers)
+    for _, reporter in jobs:
+        reporter.flush(status="succeeded", finished_at=time.time())
+    finals = [store.get(job_id).version for job_id, _ in jobs]
+    for i, reader in enumerate(readers):
+        reader.join(30)
+        assert not reader.is_alive(), "the stream did not end after its final state"
+        assert reader.versions("done") == [finals[i // 6]]

@@ -13,8 +13,13 @@ wakes the stream greenlet only when it must act itself:
 - the socket took part of the message (its browser reads slowly): the stream writes the
   rest, and meanwhile later changes go past it; it then skips to the newest state, and
   never holds up the others;
-- the change is the job's final state and the stream ends with it (it is woken to end), or
-  the stream also keeps a job list's rows (those are rendered per owner).
+- the change is the job's final state and the stream ends with it, or the stream also
+  keeps a job list's rows (those are rendered per owner).
+
+A stream that got its final state is woken to end only once no change waits to be written:
+ending a stream (its greenlet, the response's close, the connection's next read) costs
+more than writing to it, and when many jobs end together, ten thousand endings would
+otherwise hold up the final states of the jobs that end after them.
 
 Direct writes need the plain socket of an HTTP/1.1 response the server frames in chunks;
 anywhere else (TLS in the server, HTTP/1.0, another server) streams write through WSGI.
@@ -38,6 +43,7 @@ from headway.web.views import Framing, JobView, JobViews
 log = logging.getLogger("headway.fanout")
 
 BATCH = 8  # jobs read together (one round trip) and written before the next are read
+ENDINGS = 50  # streams woken to end at a time, between looks for new changes
 
 
 class Sink:
@@ -136,6 +142,7 @@ class Fanout:
         self._pending: dict[str, list[Watcher]] = {}
         self._noticed: dict[str, float] = {}  # of each pending job: its first notice
         self._noticed_at = 0.0
+        self._ending: collections.deque[tuple[Watcher, str]] = collections.deque()
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,12 +160,16 @@ class Fanout:
 
     def _run(self) -> None:
         while True:
-            self._event.wait()
+            if not self._ending:
+                self._event.wait()
             with self._lock:
                 self._event.clear()
                 pending, self._pending = self._pending, {}
                 noticed, self._noticed = self._noticed, {}
                 noticed_at = self._noticed_at
+            if not pending:
+                self._end_some()
+                continue
             try:
                 self._send(pending, noticed, noticed_at)
             except Exception as exc:
@@ -190,12 +201,20 @@ class Fanout:
         for watcher in watchers:
             if view is not None and watcher.parked and watcher.sink.write(view, frames):
                 written += 1
-                if watcher.sink.ended:  # its last message: the stream is woken to end
-                    watcher.notify(job_id)
+                if watcher.sink.ended:  # its last message: the stream ends, once there is time
+                    self._ending.append((watcher, job_id))
             else:
                 watcher.notify(job_id)
         if written:
             self.times.append(time.monotonic() - noticed)
+
+    def _end_some(self) -> None:
+        """Wake a few of the streams that got their final state, and let them end before
+        looking for changes again."""
+        for _ in range(min(ENDINGS, len(self._ending))):
+            watcher, job_id = self._ending.popleft()
+            watcher.notify(job_id)
+        time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them
 
     def timing(self) -> dict:
         """The latest changes' fan-out times: how many, and their p50, p99 and max in ms."""
