@@ -99,30 +99,34 @@ NOTES = {
 N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 updates a
 second (every job at the same moment, the worst case), then the final state; the last rows
 hold 10,000 streams over 100 jobs that update once a second each, at their own moments as
-independent jobs do, for 20 s. Systems: Headway; a minimal flask-sse app under the same gunicorn
-config; JSON polling of that app once a second per client; and the **floor**
+independent jobs do, for 20 s. Systems: Headway; a minimal flask-sse app under the same
+gunicorn config; JSON polling of that app once a second per client; and the **floor**
 (bench/floor.py), a gevent server that only writes each pre-framed message straight to the
 sockets watching its job: what any server costs on this machine, load generator included.
 **Connected**: clients that got a first message (SSE) or response (polling). **Final
-state**: clients that received it (`done`, or a final JSON state); the others' streams ended
-early or were still waiting 30 s after the last write. **Versions delivered**: writes that
-reached a client as their own message; Headway sends state, not events, so a stream that
-falls behind skips to the newest version. **Latency**: for every write, the arrival of the
-first message at least as new, minus the write's wall time (same clock); for polling that
-is staleness. **Spread**: for each version, its first to its last receipt among the
-clients. **Web CPU s**: the web worker's CPU from the first update until every client had
-the final state (or 30 s), and per message (SSE) or response (polling) received. **Server
-fan-out**: measured inside Headway's web process (`/healthz`): from a change's notice to
-its last direct write to a stream, p99 of the latest 1,000 changes. **Client CPU s**: the
-load generator's, over the same span. **Redis conns**: the web worker's TCP connections to
-Redis, most seen. **Connect s**: until every client had its first message. **Writes/s/job**:
-the pace the writer kept. The flask-sse peer publishes flask-sse's own message format, with
-a payload of 2.3 KB, through one persistent connection (`sse.publish` opens one per call,
-which held it to 3 writes a second), and, while clients connect, an id-less `ping` every
-0.5 s, because flask-sse sends no response headers before its first event; the floor does
-the same. The peer's `/poll` reads through a blocking pool of 64 (redis-py's default pool
-raises MaxConnectionsError past 100 and turned polling at 1,000 clients into thousands of
-HTTP 500s).""",
+state**: clients that received it (`done`, or a final JSON state); the others' streams
+ended early or were still waiting 30 s after the last write. Deliveries, latency and spread
+count the writes made once all of their job's clients were connected (while thousands
+connect, the machine is busy with that, and the floor and the peer write only pings then).
+**Versions delivered**: writes that reached a client as their own message; Headway sends
+state, not events, so a stream that falls behind skips to the newest version. **Latency**:
+for every write, the arrival of the first message at least as new, minus the write's wall
+time (same clock); for polling that is staleness. **Spread**: for each version, its first
+to its last receipt among the clients. **Web CPU s**: the web worker's CPU from the first
+update until every client had the final state (or 30 s), and per message (SSE) or response
+(polling) received. **Server fan-out**: measured inside Headway's web process (`/healthz`):
+from a change's notice to its last direct write to a stream, p99 of the latest 1,000
+changes. **Client CPU s**: the load generator's, over the same span. **Redis conns**: the
+web worker's TCP connections to Redis, counted once all clients were connected and again at
+the end (pools keep what they open; a count reads every socket on the machine, so none is
+taken while latency is measured). **Connect s**: until every client had its first message.
+**Writes/s/job**: the pace the writer kept. The flask-sse peer publishes flask-sse's own
+message format, with a payload of 2.3 KB, through one persistent connection (`sse.publish`
+opens one per call, which held it to 3 writes a second), and, while clients connect, an id-
+less `ping` every 0.5 s, because flask-sse sends no response headers before its first
+event; the floor does the same. The peer's `/poll` reads through a blocking pool of 64
+(redis-py's default pool raises MaxConnectionsError past 100 and turned polling at 1,000
+clients into thousands of HTTP 500s).""",
     "reporter": """\
 A tight loop of `reporter.advance()` with the default 0.1 s interval (real writes happen
 every 0.1 s inside the loop and are included), then timed single operations against the

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from bench.metrics import ProcessWatch, cpu_seconds, mb
+from bench.metrics import ProcessWatch, cpu_seconds, mb, redis_connections
 from bench.servers import (
     ALL_CPUS,
     OTHER_CPUS,
@@ -357,10 +357,13 @@ def run_fanout(
         pin(server.worker, WEB_CPU)
         for other in (psutil.Process(load.pid), redis_process, psutil.Process()):
             pin(other, OTHER_CPUS)
-        with ProcessWatch(server.worker, redis_port=bench_redis.port, redis_every=2.0) as watch:
+        with ProcessWatch(server.worker) as watch:
             ramp_s = load.wait(
                 lambda s: s["ready"] + s["failed"] >= clients, ramp, while_waiting=writer.idle
             )
+            # Counted between the measured spans (a count reads every socket of the box):
+            # once everyone is connected, and once all is over; pools keep what they open.
+            redis_conns = redis_connections(server.worker, bench_redis.port)
             client_process = psutil.Process(load.pid)
             cpu0, redis_cpu0 = cpu_seconds(server.worker), cpu_seconds(redis_process)
             client_cpu0 = cpu_seconds(client_process)
@@ -375,7 +378,6 @@ def run_fanout(
                     time.sleep(max(0.0, started + (i + k / jobs) / rate - time.monotonic()))
                     writer.tick_job(k, i, ticks)
             writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
-            watch.count_redis_now()
             if stagger:  # and each ends at its own moment too
                 for k in range(jobs):
                     time.sleep(max(0.0, started + (ticks + k / jobs) / rate - time.monotonic()))
@@ -388,6 +390,7 @@ def run_fanout(
             cpu = cpu_seconds(server.worker) - cpu0
             redis_cpu = cpu_seconds(redis_process) - redis_cpu0
             client_cpu = cpu_seconds(client_process) - client_cpu0
+            redis_conns = max(redis_conns, redis_connections(server.worker, bench_redis.port))
         result = load.stop(writer.writes())
     finally:
         pin(psutil.Process(), ALL_CPUS)
@@ -412,7 +415,7 @@ def run_fanout(
         redis_cpu_s=redis_cpu,
         client_cpu_s=client_cpu,
         messages=result.get("requests") or result.get("messages", 0),
-        redis_conns=watch.redis_peak,
+        redis_conns=redis_conns,
         ramp_s=ramp_s,
         measure_s=measure_s,
         writes_per_s=writes_per_s,

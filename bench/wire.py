@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-
-SSE_FIELD = re.compile(rb"^(event|id):[ ]?([^\n]*)$", re.MULTILINE)
 
 
 def get_request(path: str, port: int, cookie: str = "", accept: str = "*/*") -> bytes:
@@ -83,22 +80,42 @@ class ChunkedDecoder:
 
 
 class SseParser:
-    """Splits an event stream into messages; keeps only each message's event name and id."""
+    """Splits an event stream into messages; keeps only each message's event name and id.
+
+    Fields are found with `bytes.find`, not a regex over every line: with ten thousand
+    streams the load generator parses megabytes a second, and it shares its core with
+    Redis and the writer, so its own cost shows in every latency it measures.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[str, str | None]]:
         """(event, id) of every message completed by `data`; comments and bare retries skipped."""
-        self._buf += data
+        buf = self._buf
+        buf += data
         messages = []
         start = 0
-        while (end := self._buf.find(b"\n\n", start)) >= 0:
-            fields = dict(SSE_FIELD.findall(self._buf, start, end))
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            event, event_id = _field(buf, b"event", start, end), _field(buf, b"id", start, end)
+            if event is not None or event_id is not None:
+                messages.append((event or "message", event_id))
             start = end + 2
-            if fields:
-                event = fields.get(b"event", b"message").decode()
-                event_id = fields[b"id"].decode() if b"id" in fields else None
-                messages.append((event, event_id))
-        del self._buf[:start]
+        del buf[:start]
         return messages
+
+
+def _field(buf: bytearray, name: bytes, start: int, end: int) -> str | None:
+    """The value of the message's last `name` line (the message is buf[start:end])."""
+    at = buf.rfind(b"\n" + name + b":", start, end)
+    if at >= 0:
+        at += 1
+    elif buf.startswith(name + b":", start, end):
+        at = start
+    else:
+        return None
+    at += len(name) + 1
+    if buf.startswith(b" ", at, end):
+        at += 1
+    stop = buf.find(b"\n", at, end)
+    return bytes(buf[at : end if stop < 0 else stop]).decode()
