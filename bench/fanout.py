@@ -378,11 +378,15 @@ def run_fanout(
                     time.sleep(max(0.0, started + (i + k / jobs) / rate - time.monotonic()))
                     writer.tick_job(k, i, ticks)
             writes_per_s = ticks / max(time.monotonic() - started, 1e-9)
-            if stagger:  # and each ends at its own moment too
+            # The final state at the same pace, one tick after the last (and each job at
+            # its own moment when they stagger): right behind the last update, a stream
+            # would rightly skip that update for the newer state.
+            if stagger:
                 for k in range(jobs):
                     time.sleep(max(0.0, started + (ticks + k / jobs) / rate - time.monotonic()))
                     writer.finish_job(k)
             else:
+                time.sleep(max(0.0, started + ticks / rate - time.monotonic()))
                 writer.finish()
             load.wait(lambda s: s["open"] == 0, drain)
             measure_s = time.monotonic() - started
