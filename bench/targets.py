@@ -196,11 +196,12 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
         counts = ", ".join(f"{r.clients:,} on {r.jobs}: {r.redis_conns}" for r in mine)
         targets.append(
             _target(
-                "Redis connections held by a web process: a handful (≤ 5), whatever N",
+                "Redis connections held by a web process: a handful (≤ 6: the command "
+                "pool's 4, one subscription, one for Huey's queue), whatever N",
                 f"up to {most} (clients on jobs: {counts})",
-                most <= 5,
-                "The command pool (headway/connection.py) opened past its cap, or more "
-                "than one subscription was held.",
+                most <= 6,
+                "The command pool (headway/connection.py) or Huey's (jobs/queue.py) opened "
+                "past its cap, or more than one subscription was held.",
             )
         )
     return targets
