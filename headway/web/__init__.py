@@ -23,7 +23,7 @@ from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.fanout import Fanout
 from headway.web.renders import SharedRenders
-from headway.web.views import CompactPartials, JobView, JobViews, fact_keys
+from headway.web.views import CompactPartials, FlatGlobals, JobView, JobViews, fact_keys
 
 log = logging.getLogger("headway.web")
 
@@ -282,6 +282,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     )
     uploads.spool(app).sweep()  # what a crashed process left behind
     app.url_map.merge_slashes = False  # "files//etc/passwd" is a 404, not a redirect
+    app.jinja_environment = FlatGlobals  # before the environment is made, just below
     app.jinja_loader = CompactPartials(app.root_path + "/" + app.template_folder)
     app.jinja_env.trim_blocks = True  # smaller fragments on the wire
     app.jinja_env.lstrip_blocks = True

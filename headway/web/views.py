@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+import flask.templating
 from flask import current_app
 from jinja2 import FileSystemLoader
 
@@ -51,6 +52,17 @@ class CompactPartials(FileSystemLoader):
             source = LSTRIP_BLOCKS.sub(r"\1", source)
             source = LINE_BREAKS.sub(" ", TRIM_BLOCKS.sub(r"\1", source))
         return source, filename, uptodate
+
+
+class FlatGlobals(flask.templating.Environment):
+    """Flask's environment, with each template's globals in one dict rather than a ChainMap
+    over the environment's. Every render copies a template's globals into its context and
+    lists their names; over a ChainMap those two walks were two thirds of a partial's
+    render (9 of 14 µs), and a change renders several. The globals are all set before the
+    first template loads, as Jinja asks (`Environment.make_globals`)."""
+
+    def make_globals(self, d):
+        return {**self.globals, **(d or {})}
 
 
 Framing = Callable[["JobView", str, bool], bytes]  # (view, html, is a change) -> message
