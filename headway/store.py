@@ -150,7 +150,7 @@ class UpdateResult(NamedTuple):
     status: str = ""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ItemProgress:
     name: str
     percent: float

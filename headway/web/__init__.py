@@ -23,7 +23,14 @@ from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.fanout import Fanout
 from headway.web.renders import SharedRenders
-from headway.web.views import CompactPartials, FlatGlobals, JobView, JobViews, fact_keys
+from headway.web.views import (
+    CompactPartials,
+    FlatGlobals,
+    JobView,
+    JobViews,
+    Rows,
+    fact_keys,
+)
 
 log = logging.getLogger("headway.web")
 
@@ -306,3 +313,5 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
 
     app.jinja_env.globals["can_retry_items"] = can_retry_items
     app.jinja_env.globals["fact_keys"] = fact_keys
+    rows = Rows(app.jinja_env)
+    app.jinja_env.globals.update(item_bar=rows.item_bar, log_line=rows.log_line)

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 
 import flask.templating
 from flask import current_app
-from jinja2 import FileSystemLoader
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
 
 from headway.store import ItemProgress, JobState, JobStore
 
@@ -63,6 +64,34 @@ class FlatGlobals(flask.templating.Environment):
 
     def make_globals(self, d):
         return {**self.globals, **(d or {})}
+
+
+class Rows:
+    """Item bars and log lines, each rendered once for what it shows. A log line never
+    changes and an item's bar only with its item, while every whole region (a page, a poll,
+    a stream's first or last message) holds dozens to hundreds of them: the partials call
+    `item_bar(item)` and `log_line(line)` (environment globals) instead of including
+    `job_item.html` and `job_log_line.html`, and get what was rendered before for the same
+    content. Those two read nothing else. Nothing is kept while templates auto-reload."""
+
+    def __init__(self, env: Environment, size: int = 16384):
+        self._env = env
+        self._bar = functools.lru_cache(size)(self._render_bar)
+        self._line = functools.lru_cache(size)(self._render_line)
+
+    def item_bar(self, item: ItemProgress) -> Markup:
+        return self._render_bar(item) if self._env.auto_reload else self._bar(item)
+
+    def log_line(self, line: dict) -> Markup:
+        key = tuple(line.items())
+        return self._render_line(key) if self._env.auto_reload else self._line(key)
+
+    def _render_bar(self, item: ItemProgress) -> Markup:
+        return Markup(self._env.get_template("partials/job_item.html").render(item=item).strip())
+
+    def _render_line(self, line: tuple) -> Markup:
+        html = self._env.get_template("partials/job_log_line.html").render(line=dict(line))
+        return Markup(html.strip())
 
 
 Framing = Callable[["JobView", str, bool], bytes]  # (view, html, is a change) -> message
@@ -324,9 +353,8 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
         if not old.log_lines or len(change.log_lines) >= cap:
             parts.append(_render("job_log", log_lines=log_lines, log_cap=cap, oob=True))
         else:
-            lines = "".join(
-                _render("job_log_line", line=line) for line in reversed(change.log_lines)
-            )
+            log_line = current_app.jinja_env.globals["log_line"]
+            lines = "".join(log_line(line) for line in reversed(change.log_lines))
             parts.append(f'<ol hx-swap-oob="afterbegin:#job-log">{lines}</ol>')
     change_html = "".join(parts)
     return JobView(read_at, state, items, log_lines, cap, old.version, change_html, rendered, reads)
