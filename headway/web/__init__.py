@@ -23,14 +23,7 @@ from headway.store import ItemProgress, JobState, JobStore
 from headway.web.checks import CheckLimits, CheckPool, shared_pool
 from headway.web.fanout import Fanout
 from headway.web.renders import SharedRenders
-from headway.web.views import (
-    CompactPartials,
-    FlatGlobals,
-    JobView,
-    JobViews,
-    Rows,
-    fact_keys,
-)
+from headway.web.views import CompactPartials, FlatGlobals, JobView, JobViews, Rows, fact_keys
 
 log = logging.getLogger("headway.web")
 
