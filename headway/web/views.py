@@ -87,11 +87,10 @@ class Rows:
         return self._render_line(key) if self._env.auto_reload else self._line(key)
 
     def _render_bar(self, item: ItemProgress) -> Markup:
-        return Markup(self._env.get_template("partials/job_item.html").render(item=item).strip())
+        return Markup(_render_in(self._env, "job_item", item=item))
 
     def _render_line(self, line: tuple) -> Markup:
-        html = self._env.get_template("partials/job_log_line.html").render(line=dict(line))
-        return Markup(html.strip())
+        return Markup(_render_in(self._env, "job_log_line", line=dict(line)))
 
 
 Framing = Callable[["JobView", str, bool], bytes]  # (view, html, is a change) -> message
@@ -184,7 +183,11 @@ def _render(partial: str, **context) -> str:
     """A partial, straight from the environment: a part renders in microseconds, and the
     context processors and signals of `render_template` would double that (the partials use
     only the environment's globals)."""
-    return current_app.jinja_env.get_template(f"partials/{partial}.html").render(context).strip()
+    return _render_in(current_app.jinja_env, partial, **context)
+
+
+def _render_in(env: Environment, partial: str, **context) -> str:
+    return env.get_template(f"partials/{partial}.html").render(context).strip()
 
 
 def fact_keys(job: JobState) -> list[str]:
