@@ -79,6 +79,37 @@ def test_healthz_counts_live_consumers(client, worker_process):
     }
 
 
+def test_many_enqueuing_at_once_share_hueys_bounded_pool(store):
+    """Huey's pool is capped like ours: callers past the cap wait their turn instead of each
+    opening a connection (an unbounded pool opened one per caller)."""
+    import threading
+
+    from jobs.queue import huey, settings
+
+    pool = huey.storage.pool
+    cap = settings.workers + 2
+    callers = 3 * cap
+    start = threading.Barrier(callers)
+    counts, errors = [], []
+
+    def enqueue_count() -> None:
+        start.wait()
+        try:
+            counts.append(huey.pending_count())
+        except Exception as exc:  # pragma: no cover - shown by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue_count) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and len(counts) == callers
+    assert isinstance(pool, redis.BlockingConnectionPool)
+    assert pool.max_connections == cap
+    assert len(pool._connections) <= cap
+
+
 def test_healthz_is_503_when_redis_is_unreachable():
     from app import create_app
 
