@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import NamedTuple
@@ -506,3 +507,21 @@ def test_an_item_that_changes_after_a_skip_still_arrives(web, store):
         change.base == whole.version and 'id="job-item-2" class="item item-failed"' in change.html
     )
     events.close()
+
+
+def test_item_bars_and_log_lines_are_rendered_once_per_content(app):
+    """A whole region reuses the bars and lines it rendered before, and renders anew only
+    what changed."""
+    from headway.store import ItemProgress, format_log_line
+
+    item_bar, log_line = app.jinja_env.globals["item_bar"], app.jinja_env.globals["log_line"]
+    line = json.loads(format_log_line("file-1.jpg: resized"))
+    with app.app_context():
+        bar = item_bar(ItemProgress("file-1.jpg", 40.0, "running", 1))
+        assert item_bar(ItemProgress("file-1.jpg", 40.0, "running", 1)) is bar
+        moved = item_bar(ItemProgress("file-1.jpg", 60.0, "running", 1))
+        assert 'aria-valuenow="60"' in moved and 'aria-valuenow="40"' in bar
+        assert log_line(dict(line)) is log_line(line)
+        assert "file-1.jpg: resized" in log_line(line)
+        app.jinja_env.auto_reload = True  # templates being edited: nothing is kept
+        assert item_bar(ItemProgress("file-1.jpg", 40.0, "running", 1)) is not bar
