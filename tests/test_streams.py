@@ -525,3 +525,35 @@ def test_item_bars_and_log_lines_are_rendered_once_per_content(app):
         assert "file-1.jpg: resized" in log_line(line)
         app.jinja_env.auto_reload = True  # templates being edited: nothing is kept
         assert item_bar(ItemProgress("file-1.jpg", 40.0, "running", 1)) is not bar
+
+
+def test_a_streams_render_contexts_are_its_own_request_routed_once_and_leave_no_cycles(app):
+    """Between yields, a stream renders in a fresh context of its request: the same route,
+    the visitor's session, and nothing left for the garbage collector (matching a URL again
+    left a reference cycle per context; thousands of streams made collections frequent)."""
+    import gc
+
+    from flask import request, session, url_for
+
+    from headway.web.streams import _request_context
+
+    job_id = "a" * 32
+    signed = app.session_interface.get_signing_serializer(app).dumps({"owner": OWNER})
+    cookie = f"{app.config['SESSION_COOKIE_NAME']}={signed}"
+    with app.test_request_context(f"/jobs/{job_id}/events", headers={"Cookie": cookie}):
+        context = _request_context()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            with context():
+                assert request.url_rule.endpoint == "streams.job_events"
+                assert request.view_args == {"job_id": job_id}
+                assert session["owner"] == OWNER
+                assert url_for("pages.job_page", job_id=job_id) == f"/jobs/{job_id}"
+        gc.collect()
+        garbage = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert garbage == []

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import redis
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request, session
+from flask.ctx import RequestContext
 
 from headway.hub import HubUnavailable, Watcher
 from headway.store import FINAL_STATUSES
@@ -64,14 +65,30 @@ def _stream(generate: Iterator[bytes]) -> Response:
     )
 
 
+class _Rerouted(RequestContext):
+    """Another context of a request Flask has routed already: routing is not done again.
+
+    Matching a URL costs more than the rest of a context, and leaves behind a reference
+    cycle (werkzeug's matcher is a recursive closure) that only the garbage collector
+    frees: with a context for every change a stream renders, collections came every
+    second, and their pauses held up every stream.
+    """
+
+    def match_request(self) -> None:
+        if self.request.url_rule is None:
+            super().match_request()
+
+
 def _request_context():
-    """A fresh context of the current request, for rendering between yields.
+    """A fresh context of the current request, for rendering between yields: the same
+    request and session (as `RequestContext.copy` does), so neither is parsed again.
 
     A stream holds no context while it waits: holding one across yields would tangle the
     context stacks of streams that share a thread.
     """
-    app, environ = current_app._get_current_object(), dict(request.environ)
-    return lambda: app.request_context(environ)
+    app = current_app._get_current_object()
+    req, sess = request._get_current_object(), session._get_current_object()
+    return lambda: _Rerouted(app, req.environ, request=req, session=sess)
 
 
 class _Lease:
