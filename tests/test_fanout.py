@@ -51,6 +51,7 @@ class Reader(threading.Thread):
             self.conn.sock = sock
         self.conn.request("GET", path, headers={"Cookie": owner_cookie(OWNER)})
         self.response = self.conn.getresponse()
+        self.connected_at = time.monotonic()
         assert self.response.status == 200
         assert self.response.getheader("Transfer-Encoding") == "chunked"
 
@@ -214,6 +215,29 @@ def test_a_stream_the_fanout_feeds_is_not_idle_and_gets_no_keepalives(live_serve
     assert not [t for t in reader.keepalives if feeding < t < fed], reader.keepalives
     assert [t for t in reader.keepalives if t > fed + 0.5], "no keepalive once quiet"
     reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_streams_that_connected_together_get_keepalives_at_moments_of_their_own(
+    live_servers, store
+):
+    # Streams that connected together and waited together would wake together, one
+    # keepalive interval later and every interval after: with ten thousand, that held up
+    # every change for a tenth of a second. Each keepalive falls due after a quiet spell
+    # drawn for its stream, between half the interval and all of it.
+    server = live_servers(SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="2")
+    job_id, _ = items_job(store, 3)
+    readers = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(16)]
+    for reader in readers:
+        reader.start()
+    wait_until_watched(len(readers), readers)
+    time.sleep(max(0.0, readers[-1].connected_at + 2.5 - time.monotonic()))
+    quiet = sorted(r.keepalives[0] - r.connected_at for r in readers if r.keepalives)
+    for reader in readers:
+        reader.close()
+    assert len(quiet) == len(readers), "a stream got no keepalive in a whole interval"
+    assert quiet[0] > 0.9 and quiet[-1] < 2.2, quiet
+    assert quiet[-1] - quiet[0] > 0.4, quiet  # without the draw: all within ms of 2 s
 
 
 @pytest.mark.timeout(120)

@@ -9,6 +9,7 @@ each message is the freshly rendered fragment, with the record's version.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -143,18 +144,22 @@ def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float):
     """Wait for a change: its ids (as `Watcher.wait` returns them), or None once a keepalive
     is due or the stream's `deadline` has come.
 
-    The fan-out may write to the stream meanwhile. The stream is not idle while it does, so
-    a keepalive falls due `keepalive` seconds after the last of those writes, and the
-    stream's slots are renewed as it waits on. Then whatever the fan-out left half written
-    is finished, before the stream writes anything of its own.
+    A keepalive falls due after a quiet spell of between half the keepalive interval and
+    all of it, drawn at random for each wait: streams that connected together would
+    otherwise all wake together, one keepalive interval later and every interval after
+    that, and ten thousand streams waking at once hold up every change for a tenth of a
+    second. The fan-out may write to the stream meanwhile. The stream is not idle while it
+    does, so its quiet spell starts again with each of those writes, and its slots are
+    renewed as it waits on. Then whatever the fan-out left half written is finished, before
+    the stream writes anything of its own.
     """
-    keepalive = lease.keepalive
-    until = min(time.monotonic() + keepalive, deadline)
+    quiet = lease.keepalive * random.uniform(0.5, 1.0)
+    until = min(time.monotonic() + quiet, deadline)
     while True:
         woken = watcher.wait(max(0.0, until - time.monotonic()))
         if woken is not None or sink is None:
             break
-        due = min(sink.written_at + keepalive, deadline)
+        due = min(sink.written_at + quiet, deadline)
         if due <= time.monotonic():
             break
         lease.renew()
