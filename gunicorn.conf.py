@@ -42,3 +42,18 @@ def post_worker_init(worker):
 
     gc.freeze()
     gc.callbacks.append(freeze_survivors)
+
+
+def pre_request(worker, req):
+    """An event stream's connection ends with it (`Connection: close`).
+
+    What a browser does after a stream ends is open a new one, so keeping its connection
+    for another request is of little use, and it is what made ending a stream cost more
+    than writing to it: gunicorn's keep-alive loop reads for a next request that does not
+    come, and wakes again to close once the browser hangs up. When many jobs end at once,
+    thousands of streams end within a second, and those wake-ups held up the final states
+    of the jobs that ended after them (the 10,000-stream bench: from a change's notice to
+    its first write, 3.4 ms before and 0.8 ms after, at the median).
+    """
+    if req.path == "/live" or req.path.endswith("/events"):
+        req.must_close = True

@@ -50,6 +50,7 @@ class Reader(threading.Thread):
             sock.connect(("127.0.0.1", port))
             self.conn.sock = sock
         self.conn.request("GET", path, headers={"Cookie": owner_cookie(OWNER)})
+        self.sock = self.conn.sock  # the response takes it: a stream's connection ends with it
         self.response = self.conn.getresponse()
         self.connected_at = time.monotonic()
         assert self.response.status == 200
@@ -83,7 +84,7 @@ class Reader(threading.Thread):
     def close(self) -> None:
         """End a stream that does not end by itself (`/live`)."""
         self.closing = True
-        self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.shutdown(socket.SHUT_RDWR)
         self.join(10)
 
     def versions(self, event: str) -> list[int]:
@@ -215,6 +216,34 @@ def test_a_stream_the_fanout_feeds_is_not_idle_and_gets_no_keepalives(live_serve
     assert not [t for t in reader.keepalives if feeding < t < fed], reader.keepalives
     assert [t for t in reader.keepalives if t > fed + 0.5], "no keepalive once quiet"
     reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_streams_connection_ends_with_it_and_other_requests_keep_theirs(server, store):
+    # Keeping a finished stream's connection for a next request that does not come cost
+    # gunicorn two more wake-ups per stream, and thousands of streams end at once.
+    job_id, reporter = items_job(store, 3)
+    reporter.flush(status="succeeded", finished_at=time.time())
+    cookie = owner_cookie(OWNER)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=3) as sock:
+        sock.sendall(
+            f"GET /jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
+        )
+        received = b""
+        while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk: the stream ended
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+        assert b"\r\nConnection: close\r\n" in received.split(b"\r\n\r\n")[0]
+        assert b"event: done" in received
+        assert sock.recv(1) == b""  # closed by the server, long before its keepalive of 5 s
+    live = requests.get(
+        f"{server.url}/live?job={job_id}", headers={"Cookie": cookie}, stream=True, timeout=10
+    )
+    assert live.headers["Connection"] == "close"
+    live.close()
+    page = requests.get(f"{server.url}/jobs/{job_id}", headers={"Cookie": cookie}, timeout=10)
+    assert page.status_code == 200 and page.headers["Connection"] == "keep-alive"
 
 
 @pytest.mark.timeout(120)
