@@ -205,6 +205,10 @@ class Stream:
         return self.response.getheader(name)
 
     def close(self) -> None:
+        # A stream's connection ends with it (Connection: close), and http.client hands the
+        # socket of such a response to the response: closing the connection alone keeps it.
+        if getattr(self, "response", None) is not None:
+            self.response.close()
         self.connection.close()
 
 
