@@ -47,8 +47,10 @@ class Watcher:
         self.owner = owner
         self.sink = sink
         self.parked = False  # in wait(): nothing else is writing to the stream now
+        self.kept = False  # its sink is in the fan-out's care while it waits
         self._pending: set[str] = set()
         self._everything = False
+        self._nudged = False
         self._lock = threading.Lock()
         self._event = threading.Event()
         # When this watcher was last told of a change (or registered): a read that begins
@@ -65,8 +67,15 @@ class Watcher:
                 self._pending.add(job_id)
         self._event.set()
 
+    def nudge(self) -> None:
+        """Wake the stream with nothing changed: `wait` returns None, as on its timeout."""
+        with self._lock:
+            self._nudged = True
+        self._event.set()
+
     def wait(self, timeout: float) -> tuple[set[str], bool] | None:
-        """Block until something changed: (changed ids, everything?) or None on timeout."""
+        """Block until something changed: (changed ids, everything?); None on timeout, or
+        when nudged with nothing changed."""
         self.parked = True
         try:
             if not self._event.wait(timeout):
@@ -77,6 +86,9 @@ class Watcher:
             self._event.clear()
             pending, everything = self._pending, self._everything
             self._pending, self._everything = set(), False
+            nudged, self._nudged = self._nudged, False
+        if nudged and not pending and not everything:
+            return None
         return pending, everything
 
 

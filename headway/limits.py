@@ -69,16 +69,29 @@ class Lease:
 
     def renew(self, every: float) -> None:
         """Extend the slots, at most once per `every` seconds; call it as often as you like."""
-        now = time.monotonic()
-        if self.token and now - self.renewed >= every:
-            self.renewed = now
-            pipe = self.limits.client.pipeline(transaction=False)
-            for key in self.keys:
-                pipe.zadd(key, {self.token: time.time() + self.seconds}, xx=True)
+        if self.renews_at(every) <= time.monotonic():
+            Lease.renew_all([self])
+
+    def renews_at(self, every: float) -> float:
+        """When `renew(every)` would next extend the slots (monotonic; inf: never)."""
+        return self.renewed + every if self.token else math.inf
+
+    @staticmethod
+    def renew_all(leases: list[Lease]) -> None:
+        """Extend the slots of each of `leases` (of one Redis) now, in one round trip."""
+        leases = [lease for lease in leases if lease.token]
+        if not leases:
+            return
+        now, expiry = time.monotonic(), time.time()
+        pipe = leases[0].limits.client.pipeline(transaction=False)
+        for lease in leases:
+            lease.renewed = now
+            for key in lease.keys:
+                pipe.zadd(key, {lease.token: expiry + lease.seconds}, xx=True)
                 # The set must outlive its newest lease, or every slot of streams that stay
                 # open vanishes with it one lease after the last one was taken.
-                pipe.expire(key, math.ceil(self.seconds) + 1)
-            pipe.execute()
+                pipe.expire(key, math.ceil(lease.seconds) + 1)
+        pipe.execute()
 
     def release(self) -> None:
         if self.token:

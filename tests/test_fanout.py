@@ -247,6 +247,31 @@ def test_a_streams_connection_ends_with_it_and_other_requests_keep_theirs(server
 
 
 @pytest.mark.timeout(120)
+def test_streams_the_fanout_feeds_keep_their_slots_past_a_leases_life(live_servers, store):
+    # Fed by the fan-out, a stream never wakes by itself: the fan-out renews its slots.
+    server = live_servers(SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="1")  # leases of 7 s
+    job_id, reporter = items_job(store, 3)
+    readers = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    wait_until_watched(len(readers), readers)
+    slots = f"hw:streams:{OWNER}"
+    taken = dict(store.client.zrange(slots, 0, -1, withscores=True))
+    assert len(taken) == 3
+    for step in range(40):  # a change every 0.25 s for 10 s: never a second of silence
+        reporter.set(done=step, total=40)
+        reporter.flush()
+        time.sleep(0.25)
+    held = dict(store.client.zrange(slots, 0, -1, withscores=True))
+    for reader in readers:
+        reader.close()
+    assert len(reader.versions("delta")) == 40
+    assert held.keys() == taken.keys()
+    assert all(held[token] > time.time() for token in held), "a slot's lease ran out"
+    assert all(held[token] > taken[token] for token in held), "a slot was never renewed"
+
+
+@pytest.mark.timeout(120)
 def test_streams_that_connected_together_get_keepalives_at_moments_of_their_own(
     live_servers, store
 ):

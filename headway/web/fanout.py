@@ -16,6 +16,13 @@ wakes the stream greenlet only when it must act itself:
 - the change is the job's final state and the stream ends with it, or the stream also
   keeps a job list's rows (those are rendered per owner).
 
+A stream that waits has no timer of its own for its keepalive: the fan-out keeps them all
+(`Fanout.keep`), wakes each stream once its quiet spell is over, and meanwhile renews the
+slots of those it writes to, many in one round trip. Ten thousand timers were ten thousand
+objects made anew every keepalive interval, which kept the young generation of the garbage
+collector tens of thousands strong and its collections long, and ten thousand wake-ups
+that did nothing but set the next timer.
+
 A stream that got its final state is woken to end only once no change waits to be written:
 ending a stream (its greenlet, the response's close, the connection's next read) costs
 more than writing to it, and when many jobs end together, ten thousand endings would
@@ -28,9 +35,12 @@ anywhere else (TLS in the server, HTTP/1.0, another server) streams write throug
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import math
 import os
+import random
 import ssl
 import threading
 import time
@@ -38,18 +48,29 @@ import time
 import redis
 
 from headway.hub import Watcher
+from headway.limits import Lease
 from headway.web.views import Framing, JobView, JobViews
 
 log = logging.getLogger("headway.fanout")
 
 BATCH = 8  # jobs read together (one round trip) and written before the next are read
 ENDINGS = 50  # streams woken to end at a time, between looks for new changes
+KEPT = 50  # streams woken for their keepalives at a time, likewise
 
 
 class Sink:
     """A stream's socket, and the version of each job it has sent (shared with the stream)."""
 
-    def __init__(self, sock, chunked: bool, framing: Framing, sent: dict[str, int | None], context):
+    def __init__(
+        self,
+        sock,
+        chunked: bool,
+        framing: Framing,
+        sent: dict[str, int | None],
+        context,
+        slots: Lease,
+        keepalive: float,
+    ):
         self.sock = sock
         self.ends = False  # the stream ends with its job's final state, sent whole
         self.ended = False  # that final state was written here
@@ -61,16 +82,32 @@ class Sink:
         self.rows = False  # it also keeps rows: every change wakes it
         self.pending = b""  # what the socket has not taken yet: the stream writes it
         self.written_at = -math.inf  # monotonic time of the fan-out's last write here
+        self.slots = slots  # the stream's: renewed by the fan-out while it waits
+        self.keepalive = keepalive
+        # Its keepalive falls due after this much silence: between half the interval and
+        # all of it, so that streams that connected together do not all wake together.
+        self.quiet = keepalive * random.uniform(0.5, 1.0)
+        self.since = time.monotonic()  # when the stream last began to wait
 
     @classmethod
-    def for_request(cls, environ, framing: Framing, sent: dict, context) -> Sink | None:
+    def for_request(
+        cls, environ, framing: Framing, sent: dict, context, slots: Lease, keepalive: float
+    ) -> Sink | None:
         """A sink for this response, if the server lets one write to its socket."""
         sock = environ.get("gunicorn.socket")
         # gevent's sockets are non-blocking underneath: a write takes what fits, at once.
         if sock is None or "gevent" not in type(sock).__module__ or _is_tls(sock):
             return None
         chunked = environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-        return cls(sock, chunked, framing, sent, context)
+        return cls(sock, chunked, framing, sent, context, slots, keepalive)
+
+    def keepalive_at(self) -> float:
+        """When its keepalive falls due (monotonic): a quiet spell after the last write."""
+        return max(self.since, self.written_at) + self.quiet
+
+    def look_at(self) -> float:
+        """When the fan-out must next look at it: its keepalive, or its slots' renewal."""
+        return min(self.keepalive_at(), self.slots.renews_at(self.keepalive))
 
     def takes(self, job_id: str) -> bool:
         return job_id in self.sent and not self.rows
@@ -143,6 +180,10 @@ class Fanout:
         self._noticed: dict[str, float] = {}  # of each pending job: its first notice
         self._noticed_at = 0.0
         self._ending: collections.deque[tuple[Watcher, str]] = collections.deque()
+        # The waiting streams it keeps, by when to look at each next (a heap; a stream that
+        # woke meanwhile is dropped when its turn comes, and kept again when it next waits).
+        self._kept: list[tuple[float, int, Watcher]] = []
+        self._order = itertools.count()  # ties in the heap go first come, first served
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -153,21 +194,43 @@ class Fanout:
             self._pending.setdefault(job_id, []).extend(watchers)
             self._noticed_at = time.monotonic()
             self._noticed.setdefault(job_id, self._noticed_at)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
-                self._thread.start()
+            self._start()
         self._event.set()
+
+    def keep(self, watcher: Watcher) -> None:
+        """Look after a stream that is about to wait (`watcher.sink` set): wake it once its
+        keepalive falls due (`Watcher.nudge`), and renew its slots while it waits."""
+        if watcher.kept:  # still in the heap from an earlier wait: it is looked at then
+            return
+        watcher.kept = True
+        at = watcher.sink.look_at()
+        with self._lock:
+            earliest = not self._kept or at < self._kept[0][0]
+            heapq.heappush(self._kept, (at, next(self._order), watcher))
+            self._start()
+        if earliest:
+            self._event.set()
+
+    def _start(self) -> None:
+        """Start the fan-out greenlet, if it has not started (with the lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fanout", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
             if not self._ending:
-                self._event.wait()
+                self._event.wait(self._until_next_look())
             with self._lock:
                 self._event.clear()
                 pending, self._pending = self._pending, {}
                 noticed, self._noticed = self._noticed, {}
                 noticed_at = self._noticed_at
             if not pending:
+                try:
+                    self._look_after()
+                except Exception:
+                    log.exception("fan-out could not look after the waiting streams")
                 self._end_some()
                 continue
             try:
@@ -207,6 +270,40 @@ class Fanout:
                 watcher.notify(job_id)
         if written:
             self.times.append(time.monotonic() - noticed)
+
+    def _until_next_look(self) -> float | None:
+        """Seconds until a kept stream must be looked at (None: none is kept)."""
+        with self._lock:
+            return max(0.0, self._kept[0][0] - time.monotonic()) if self._kept else None
+
+    def _look_after(self) -> None:
+        """Wake a few of the kept streams whose keepalive is due, and renew the slots of
+        those whose lease is due, all of them in one round trip."""
+        now, woken, renew = time.monotonic(), 0, []
+        with self._lock:
+            while self._kept and self._kept[0][0] <= now and woken < KEPT:
+                watcher = heapq.heappop(self._kept)[2]
+                if not watcher.parked:  # it woke (or ended) since: not ours until it waits
+                    watcher.kept = False
+                elif watcher.sink.keepalive_at() <= now:
+                    watcher.kept = False
+                    watcher.nudge()
+                    woken += 1
+                else:
+                    renew.append(watcher)
+        try:
+            Lease.renew_all(
+                [w.sink.slots for w in renew if w.sink.slots.renews_at(w.sink.keepalive) <= now]
+            )
+        except redis.RedisError as exc:  # they expire by themselves; the next look retries
+            log.warning("fan-out could not renew the slots of %d streams: %s", len(renew), exc)
+        finally:
+            with self._lock:
+                for watcher in renew:
+                    at = watcher.sink.look_at()
+                    heapq.heappush(self._kept, (at, next(self._order), watcher))
+        if woken:
+            time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them
 
     def _end_some(self) -> None:
         """Wake a few of the streams that got their final state, and let them end before

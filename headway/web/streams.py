@@ -21,7 +21,7 @@ from flask.ctx import RequestContext
 from headway.hub import HubUnavailable, Watcher
 from headway.store import FINAL_STATUSES
 from headway.web import client_address, current_owner, load_job, reap_if_stale, services
-from headway.web.fanout import Sink
+from headway.web.fanout import Fanout, Sink
 from headway.web.pages import render_row
 from headway.web.renders import Rendered
 from headway.web.views import JobView
@@ -140,32 +140,27 @@ def live_framing(view: JobView, html: str, as_change: bool) -> bytes:
     return sse("job", f"{state.id} {view.version} {int(state.finished)} {base}\n{html}").encode()
 
 
-def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float):
+def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, fanout: Fanout):
     """Wait for a change: its ids (as `Watcher.wait` returns them), or None once a keepalive
     is due or the stream's `deadline` has come.
 
     A keepalive falls due after a quiet spell of between half the keepalive interval and
-    all of it, drawn at random for each wait: streams that connected together would
-    otherwise all wake together, one keepalive interval later and every interval after
-    that, and ten thousand streams waking at once hold up every change for a tenth of a
-    second. The fan-out may write to the stream meanwhile. The stream is not idle while it
-    does, so its quiet spell starts again with each of those writes, and its slots are
-    renewed as it waits on. Then whatever the fan-out left half written is finished, before
-    the stream writes anything of its own.
+    all of it, drawn at random: streams that connected together would otherwise all wake
+    together, one keepalive interval later and every interval after that, and ten thousand
+    streams waking at once hold up every change for a tenth of a second. A stream with a
+    sink leaves its keepalive to the fan-out (`Fanout.keep`), which may write to it
+    meanwhile: the stream is not idle while it does, so its quiet spell starts again with
+    each of those writes, and the fan-out renews its slots as it waits on. Then whatever
+    the fan-out left half written is finished, before the stream writes anything of its own.
     """
-    quiet = lease.keepalive * random.uniform(0.5, 1.0)
-    until = min(time.monotonic() + quiet, deadline)
-    while True:
-        woken = watcher.wait(max(0.0, until - time.monotonic()))
-        if woken is not None or sink is None:
-            break
-        due = min(sink.written_at + quiet, deadline)
-        if due <= time.monotonic():
-            break
-        lease.renew()
-        until = due
-    if sink is not None:
-        sink.flush()
+    now = time.monotonic()
+    if sink is None:
+        quiet = lease.keepalive * random.uniform(0.5, 1.0)
+        return watcher.wait(max(0.0, min(now + quiet, deadline) - now))
+    sink.since = now
+    fanout.keep(watcher)
+    woken = watcher.wait(max(0.0, deadline - now))
+    sink.flush()
     return woken
 
 
@@ -180,7 +175,9 @@ def job_events(job_id: str):
 
     context = _request_context()
     sent = {job.id: last_seen}  # the version this stream has sent (its sink's too)
-    sink = Sink.for_request(request.environ, stream_framing, sent, context)
+    sink = Sink.for_request(
+        request.environ, stream_framing, sent, context, lease.lease, lease.keepalive
+    )
     if sink is not None:
         sink.ends = True
 
@@ -207,7 +204,7 @@ def job_events(job_id: str):
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects with Last-Event-ID
                     keepalive = svc.settings.keepalive_seconds
-                    woken = _wait(watcher, sink, lease, deadline)
+                    woken = _wait(watcher, sink, lease, deadline, svc.hub.fanout)
                     if woken is None:
                         yield KEEPALIVE
                         # Quiet for a while: look again (its worker may have died), sharing
@@ -281,7 +278,9 @@ def live():
     lease = _Lease(owner)
     context = _request_context()
     sent: dict[str, int | None] = {}  # the version of each job this stream has sent
-    sink = Sink.for_request(request.environ, live_framing, sent, context)
+    sink = Sink.for_request(
+        request.environ, live_framing, sent, context, lease.lease, lease.keepalive
+    )
     if sink is not None:
         sink.rows = rows
 
@@ -326,7 +325,7 @@ def live():
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects, saying which versions it has
                     keepalive = svc.settings.keepalive_seconds
-                    woken = _wait(watcher, sink, lease, deadline)
+                    woken = _wait(watcher, sink, lease, deadline, svc.hub.fanout)
                     lease.renew()
                     if woken is None:
                         yield KEEPALIVE
