@@ -19,7 +19,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
+    """The process's CPU so far; NaN once it is gone (a server's worker killed mid-run, for
+    a heartbeat missed past gunicorn's timeout: its log, in the report, says so)."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return math.nan
     return times.user + times.system
 
 
