@@ -58,6 +58,13 @@ ENDINGS = 50  # streams woken to end at a time, between looks for new changes
 KEPT = 50  # streams woken for their keepalives at a time, likewise
 
 
+def quiet_spell(keepalive: float) -> float:
+    """How long a stream may stay silent before its keepalive: between half the interval and
+    all of it, drawn for each stream, so that streams that connected together do not all
+    wake together (ten thousand at once held up every change for a tenth of a second)."""
+    return keepalive * random.uniform(0.5, 1.0)
+
+
 class Sink:
     """A stream's socket, and the version of each job it has sent (shared with the stream)."""
 
@@ -84,9 +91,7 @@ class Sink:
         self.written_at = -math.inf  # monotonic time of the fan-out's last write here
         self.slots = slots  # the stream's: renewed by the fan-out while it waits
         self.keepalive = keepalive
-        # Its keepalive falls due after this much silence: between half the interval and
-        # all of it, so that streams that connected together do not all wake together.
-        self.quiet = keepalive * random.uniform(0.5, 1.0)
+        self.quiet = quiet_spell(keepalive)  # its keepalive falls due after this much silence
         self.since = time.monotonic()  # when the stream last began to wait
 
     @classmethod

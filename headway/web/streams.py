@@ -9,7 +9,6 @@ each message is the freshly rendered fragment, with the record's version.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from flask.ctx import RequestContext
 from headway.hub import HubUnavailable, Watcher
 from headway.store import FINAL_STATUSES
 from headway.web import client_address, current_owner, load_job, reap_if_stale, services
-from headway.web.fanout import Fanout, Sink
+from headway.web.fanout import Fanout, Sink, quiet_spell
 from headway.web.pages import render_row
 from headway.web.renders import Rendered
 from headway.web.views import JobView
@@ -144,19 +143,16 @@ def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, f
     """Wait for a change: its ids (as `Watcher.wait` returns them), or None once a keepalive
     is due or the stream's `deadline` has come.
 
-    A keepalive falls due after a quiet spell of between half the keepalive interval and
-    all of it, drawn at random: streams that connected together would otherwise all wake
-    together, one keepalive interval later and every interval after that, and ten thousand
-    streams waking at once hold up every change for a tenth of a second. A stream with a
-    sink leaves its keepalive to the fan-out (`Fanout.keep`), which may write to it
-    meanwhile: the stream is not idle while it does, so its quiet spell starts again with
-    each of those writes, and the fan-out renews its slots as it waits on. Then whatever
-    the fan-out left half written is finished, before the stream writes anything of its own.
+    A keepalive falls due after a quiet spell (`quiet_spell`). A stream with a sink leaves
+    its keepalive to the fan-out (`Fanout.keep`), which may write to it meanwhile: the
+    stream is not idle while it does, so its quiet spell starts again with each of those
+    writes, and the fan-out renews its slots as it waits on. Then whatever the fan-out
+    left half written is finished, before the stream writes anything of its own.
     """
     now = time.monotonic()
     if sink is None:
-        quiet = lease.keepalive * random.uniform(0.5, 1.0)
-        return watcher.wait(max(0.0, min(now + quiet, deadline) - now))
+        until = min(now + quiet_spell(lease.keepalive), deadline)
+        return watcher.wait(max(0.0, until - now))
     sink.since = now
     fanout.keep(watcher)
     woken = watcher.wait(max(0.0, deadline - now))
