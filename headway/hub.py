@@ -47,7 +47,6 @@ class Watcher:
         self.owner = owner
         self.sink = sink
         self.parked = False  # in wait(): nothing else is writing to the stream now
-        self.kept = False  # its sink is in the fan-out's care while it waits
         self._pending: set[str] = set()
         self._everything = False
         self._nudged = False

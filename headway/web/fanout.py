@@ -93,6 +93,7 @@ class Sink:
         self.keepalive = keepalive
         self.quiet = quiet_spell(keepalive)  # its keepalive falls due after this much silence
         self.since = time.monotonic()  # when the stream last began to wait
+        self.kept = False  # in the fan-out's heap of waiting streams (`Fanout.keep`)
 
     @classmethod
     def for_request(
@@ -205,9 +206,9 @@ class Fanout:
     def keep(self, watcher: Watcher) -> None:
         """Look after a stream that is about to wait (`watcher.sink` set): wake it once its
         keepalive falls due (`Watcher.nudge`), and renew its slots while it waits."""
-        if watcher.kept:  # still in the heap from an earlier wait: it is looked at then
+        if watcher.sink.kept:  # still in the heap from an earlier wait: it is looked at then
             return
-        watcher.kept = True
+        watcher.sink.kept = True
         at = watcher.sink.look_at()
         with self._lock:
             earliest = not self._kept or at < self._kept[0][0]
@@ -284,27 +285,26 @@ class Fanout:
     def _look_after(self) -> None:
         """Wake a few of the kept streams whose keepalive is due, and renew the slots of
         those whose lease is due, all of them in one round trip."""
-        now, woken, renew = time.monotonic(), 0, []
+        now, woken, again = time.monotonic(), 0, []  # `again`: those still waiting
         with self._lock:
             while self._kept and self._kept[0][0] <= now and woken < KEPT:
                 watcher = heapq.heappop(self._kept)[2]
                 if not watcher.parked:  # it woke (or ended) since: not ours until it waits
-                    watcher.kept = False
+                    watcher.sink.kept = False
                 elif watcher.sink.keepalive_at() <= now:
-                    watcher.kept = False
+                    watcher.sink.kept = False
                     watcher.nudge()
                     woken += 1
                 else:
-                    renew.append(watcher)
+                    again.append(watcher)
+        due = [w.sink.slots for w in again if w.sink.slots.renews_at(w.sink.keepalive) <= now]
         try:
-            Lease.renew_all(
-                [w.sink.slots for w in renew if w.sink.slots.renews_at(w.sink.keepalive) <= now]
-            )
+            Lease.renew_all(due)
         except redis.RedisError as exc:  # they expire by themselves; the next look retries
-            log.warning("fan-out could not renew the slots of %d streams: %s", len(renew), exc)
+            log.warning("fan-out could not renew the slots of %d streams: %s", len(due), exc)
         finally:
             with self._lock:
-                for watcher in renew:
+                for watcher in again:
                     at = watcher.sink.look_at()
                     heapq.heappush(self._kept, (at, next(self._order), watcher))
         if woken:
