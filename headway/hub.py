@@ -119,6 +119,8 @@ class ChangeHub:
             return len({w for ws in (*self._by_job.values(), *self._by_owner.values()) for w in ws})
 
     def start(self) -> None:
+        if self._ready.is_set():  # subscribed: the listener runs (every poll asks this)
+            return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._listen, name="change-hub", daemon=True)
@@ -225,6 +227,9 @@ class ChangeHub:
                     self.reconnects += 1
                 else:
                     log.debug("change hub still cannot reach redis: %s", exc)
+                self._ready.clear()
+            except Exception:  # a fault of its own must not end the process's only listener
+                log.exception("change hub failed; resubscribing")
                 self._ready.clear()
             finally:
                 with contextlib.suppress(Exception):

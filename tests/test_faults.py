@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import pytest
+import redis
 
 from app import create_app
-from headway.store import new_job_id
+from headway.hub import ChangeHub
+from headway.store import CHANNEL, new_job_id
 from jobs import control, kinds
 
 from .conftest import wait_for
@@ -143,3 +146,26 @@ def test_a_job_that_raises_or_writes_nothing_fails_with_its_message(
     page = web.get(f"/jobs/{job_id}").text
     assert "The job failed." in page and message in page and ">Retry<" in page
     assert "downloads" not in page
+
+
+def test_a_fault_in_handing_out_a_change_leaves_the_hub_listening(caplog):
+    """The process's one subscription survives a fault of its own: it says so, subscribes
+    again, and later changes still reach their watchers."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+    hub = ChangeHub(client)
+    dispatch, faults = hub._dispatch, []
+
+    def faulty(data: str) -> None:
+        if not faults:
+            faults.append(data)
+            raise RuntimeError("a fault in the hub's own code")
+        dispatch(data)
+
+    hub._dispatch = faulty
+    with hub.watch(["job-a"]) as watcher:
+        client.publish(CHANNEL, "job-a owner")
+        wait_for(lambda: faults and hub._ready.is_set())
+        assert watcher.wait(5) == (set(), True)  # resubscribed: every watcher reads again
+        client.publish(CHANNEL, "job-a owner")
+        assert watcher.wait(5) == ({"job-a"}, False)
+    assert "change hub failed; resubscribing" in caplog.text
