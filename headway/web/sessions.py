@@ -30,7 +30,7 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
         now = time.monotonic()
         checked = self._checked.get(cookie)
         if checked is not None and now - checked[0] < self.ttl:
-            return self.session_class(copy.deepcopy(checked[1]))
+            return self.session_class(_copy(checked[1]))
         session = super().open_session(app, request)
         if session:  # passed the check (a bad signature opens an empty session)
             with self._lock:
@@ -42,3 +42,14 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
                         del self._checked[next(iter(self._checked))]
                 self._checked[cookie] = (now, copy.deepcopy(dict(session)))
         return session
+
+
+def _copy(contents: dict) -> dict:
+    """A copy the request may change freely: shallow when every value is immutable, as
+    Headway's are (the owner, the CSRF token, the permanent flag); deep otherwise."""
+    if all(type(value) in IMMUTABLE for value in contents.values()):
+        return dict(contents)
+    return copy.deepcopy(contents)
+
+
+IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
