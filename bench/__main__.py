@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report, targets
+from bench import polling, report, targets
 from bench.fanout import FanoutResult, run_fanout
 from bench.hostile import run_hostile
 from bench.polling import run_polling
@@ -141,7 +141,11 @@ item bars, the new log line) as out-of-band swaps. Each size is the SSE message'
 sent.""",
     "polling": """\
 Closed loop: each keep-alive connection asks again as soon as it is answered. The
-fragment is the same partial the page and the stream render (job with 10 item bars).""",
+fragment is the same partial the page and the stream render (job with 10 item bars).
+Headway's JSON and the flask peer's take turns, {rounds} rounds of each with both servers
+up: this machine's speed drifts by tens of per cent within a minute, so one run of each,
+one after the other, measured the drift as much as the difference. The target compares
+the medians.""",
     "upload": """\
 One file streamed as multipart from a generator (1 MiB pieces, no file on the client's
 disk) after GETting the form for the session cookie and CSRF token; RSS of the web worker
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             checks += targets.size_targets(sizes)
         if "polling" in args.only:
             rows = run_polling(bench_redis, plan.polling_seconds)
-            out.add("Polling endpoints", NOTES["polling"] + "\n\n" + report.polling_table(rows))
+            notes = NOTES["polling"].format(rounds=polling.ROUNDS)
+            out.add("Polling endpoints", notes + "\n\n" + report.polling_table(rows))
             checks += targets.polling_targets(rows)
         if "fanout" in args.only:
             results = _run_fanout(plan, bench_redis)

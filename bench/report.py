@@ -143,13 +143,14 @@ def reporter_table(costs: list[Cost]) -> str:
 
 
 def polling_table(rows: list[Throughput]) -> str:
-    headers = ["Endpoint", "Connections", "Requests/s", "p50 ms", "p99 ms", "Errors"]
+    headers = ["Endpoint", "Round", "Connections", "Requests/s", "p50 ms", "p99 ms", "Errors"]
     headers.append("Web CPU (cores)")
     return table(
         headers,
         [
             [
                 t.name,
+                t.turn or "–",
                 t.connections,
                 _num(t.rps),
                 _num(t.p50_ms, 1),
