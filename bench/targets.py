@@ -155,9 +155,14 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 "1,000 watchers over 100 jobs: >= 95 % delivered, p99 <= 1.25x the floor's",
                 f"{r.delivered_pct:.1f} %, p99 {r.p99_ms:,.0f} ms vs floor {floor.p99_ms:,.0f} ms",
                 r.delivered_pct >= 95 and r.p99_ms <= 1.25 * floor.p99_ms,
-                "Each change costs the web process a read and a render (about 0.2 ms): "
-                f"1,000 changes a second are most of its core ({r.cpu_s / r.measure_s:.2f} "
-                "cores used here).",
+                f"The web process spent {_per_change(r):,.0f} µs of CPU per change here, "
+                f"the floor {_per_change(floor):,.0f} µs (its writes alone). The 100 jobs "
+                "change together, and a change that costs more than the writer takes to make "
+                "the next waits behind the others: the last jobs of each burst wait longest. "
+                "Timed inside the web process on this machine: reading and rendering a change "
+                "0.3-0.5 ms (the read's script and parsing, five or six parts rendered through "
+                "Jinja, the item bar), its ten writes 0.15 ms; no one piece is large enough "
+                "to halve.",
             )
         )
     r, floor = _find(results, "headway", 5000), _find(results, "floor", 5000)
@@ -244,6 +249,12 @@ def upload_targets(result: UploadResult) -> list[Target]:
             "The upload was held in memory." if accepted else "The upload was refused.",
         )
     ]
+
+
+def _per_change(r: FanoutResult) -> float:
+    """Web CPU in µs per change written (each change reaches clients / jobs clients)."""
+    changes = r.expected * r.jobs / r.clients
+    return 1e6 * r.cpu_s / changes if changes else math.nan
 
 
 def polling_targets(rows) -> list[Target]:
