@@ -37,6 +37,8 @@ class Plan:
     """How big and how long each benchmark is."""
 
     fanout: tuple[tuple[str, int, int], ...]  # (system, clients, jobs), in order
+    # (clients, jobs) that Headway and the floor then run again, in turns, to `ROUNDS`
+    turns: tuple[tuple[int, int], ...]
     duration: float  # seconds of 10 updates a second
     sparse: tuple[tuple[str, int, int], ...]  # then these, at one update a second
     sparse_duration: float
@@ -61,6 +63,7 @@ FULL = Plan(
         ("floor", 1000, 100),
         ("headway", 5000, 100),
     ),
+    turns=((1000, 1), (1000, 100)),
     duration=10.0,
     sparse=(("headway", 10000, 100), ("floor", 10000, 100)),
     sparse_duration=20.0,
@@ -73,6 +76,7 @@ FULL = Plan(
 )
 QUICK = Plan(
     fanout=(*_single(100, 1000), ("headway", 1000, 100), ("floor", 1000, 100)),
+    turns=(),
     duration=5.0,
     sparse=(),
     sparse_duration=0.0,
@@ -127,6 +131,12 @@ less `ping` every 0.5 s, because flask-sse sends no response headers before its 
 event; the floor does the same. The peer's `/poll` reads through a blocking pool of 64
 (redis-py's default pool raises MaxConnectionsError past 100 and turned polling at 1,000
 clients into thousands of HTTP 500s).""",
+    "turns": """\
+Headway and the floor run {rounds} rounds at {sizes}: the first in the order above, the
+others in turns (Headway, floor, Headway, floor...), because on this machine one
+scenario's figures drift by tens of per cent from run to run. Every round is listed (its
+**Round**); the comparisons and the targets take, for each system and size, the round with
+the median p99, with all of that round's figures.""",
     "reporter": """\
 A tight loop of `reporter.advance()` with the default 0.1 s interval (real writes happen
 every 0.1 s inside the loop and are included), then timed single operations against the
@@ -241,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
             checks += targets.polling_targets(rows)
         if "fanout" in args.only:
             results = _run_fanout(plan, bench_redis)
+            notes = NOTES["fanout"].format(duration=plan.duration)
+            if plan.turns:
+                sizes = " and ".join(f"{c:,} clients on {j} job(s)" for c, j in plan.turns)
+                notes += "\n\n" + NOTES["turns"].format(rounds=ROUNDS, sizes=sizes)
             out.add(
                 "Fan-out and latency (one web process)",
-                NOTES["fanout"].format(duration=plan.duration)
-                + "\n\n"
-                + report.fanout_table(results),
+                notes + "\n\n" + report.fanout_table(results),
             )
             out.add("Headway and its peers side by side", report.comparison_table(results))
             checks += targets.fanout_targets(results)
@@ -277,20 +289,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+TURNS = ("headway", "floor")  # the systems that run again, in turns, for `Plan.turns`
+ROUNDS = 3
+
+
 def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
+    """Each scenario once, in order; then Headway and the floor again, in turns, at the
+    `plan.turns` sizes (the figures drift between runs here: the targets compare the
+    rounds with the median p99); then the sparse scenarios. Runs: (system, clients, jobs,
+    duration, rate, stagger, round)."""
+
+    def first_round(system: str, clients: int, jobs: int) -> int:
+        return 1 if (clients, jobs) in plan.turns and system in TURNS else 0
+
     results = []
-    runs = [(*scenario, plan.duration, 10.0, False) for scenario in plan.fanout]
-    runs += [(*scenario, plan.sparse_duration, 1.0, True) for scenario in plan.sparse]
-    for system, clients, jobs, duration, rate, stagger in runs:
+    runs = [(*run, plan.duration, 10.0, False, first_round(*run)) for run in plan.fanout]
+    runs += [
+        (system, clients, jobs, plan.duration, 10.0, False, turn)
+        for turn in range(2, ROUNDS + 1)
+        for clients, jobs in plan.turns
+        for system in TURNS
+    ]
+    runs += [(*scenario, plan.sparse_duration, 1.0, True, 0) for scenario in plan.sparse]
+    for system, clients, jobs, duration, rate, stagger, turn in runs:
         began = time.monotonic()
         print(
-            f"fan-out: {system}, {clients:,} clients on {jobs} job(s), {rate:g}/s ...",
+            f"fan-out: {system}, {clients:,} clients on {jobs} job(s), {rate:g}/s"
+            f"{f', round {turn}' if turn else ''} ...",
             end=" ",
             flush=True,
         )
         result = run_fanout(
             system, clients, jobs, duration, bench_redis, rate=rate, stagger=stagger
         )
+        result.turn = turn
         results.append(result)
         print(
             f"{time.monotonic() - began:.0f} s: {result.done:,} final, "

@@ -77,6 +77,7 @@ class FanoutResult:
     fanout_p99_ms: float = math.nan
     spread_p50_ms: float = math.nan  # a version's first to last receipt among the clients
     spread_p99_ms: float = math.nan
+    turn: int = 0  # of the rounds Headway and the floor take in turns (0: run once)
 
     @property
     def delivered_pct(self) -> float:
@@ -85,6 +86,16 @@ class FanoutResult:
     @property
     def cpu_per_message_us(self) -> float:
         return self.cpu_s * 1e6 / self.messages if self.messages else math.nan
+
+
+def representative(results: list[FanoutResult], system: str, clients: int, jobs: int = 1):
+    """The result of `system` at `clients` on `jobs`: of several rounds, the one with the
+    median p99 (every figure from that one run); None when it did not run."""
+    runs = sorted(
+        (r for r in results if (r.system, r.clients, r.jobs) == (system, clients, jobs)),
+        key=lambda r: (math.isnan(r.p99_ms), r.p99_ms),
+    )
+    return runs[(len(runs) - 1) // 2] if runs else None
 
 
 class _RecordingStore(JobStore):

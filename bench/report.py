@@ -11,7 +11,7 @@ import sys
 
 import psutil
 
-from bench.fanout import FanoutResult
+from bench.fanout import FanoutResult, representative
 from bench.hostile import HealthPhase
 from bench.polling import Throughput
 from bench.reporter_cost import Cost
@@ -43,6 +43,7 @@ def fanout_table(results: list[FanoutResult]) -> str:
         "System",
         "Clients",
         "Jobs",
+        "Round",
         "Connected",
         "Final state",
         "Versions delivered",
@@ -65,6 +66,7 @@ def fanout_table(results: list[FanoutResult]) -> str:
             SYSTEMS[r.system],
             f"{r.clients:,}",
             r.jobs,
+            r.turn or "–",
             f"{r.connected:,}",
             f"{r.done:,}",
             f"{_num(r.delivered_pct, 1)} %",
@@ -92,7 +94,7 @@ PEERS = ("flask-sse", "polling", "floor")
 
 def comparison_table(results: list[FanoutResult]) -> str:
     """Headway against each peer, for every client count they share (one job)."""
-    by_key = {(r.system, r.clients, r.jobs): r for r in results}
+    by_key = {key: representative(results, *key) for key in {_key(r) for r in results}}
     metrics = [
         ("Clients with the final state", lambda r: r.done, 0),
         ("Latency p50 ms", lambda r: r.p50_ms, 0),
@@ -116,6 +118,10 @@ def comparison_table(results: list[FanoutResult]) -> str:
     headers = ["Clients on jobs", "Metric", "Headway", *(SYSTEMS[p] for p in PEERS)]
     headers += [f"Headway / {SYSTEMS[p]}" for p in PEERS]
     return table(headers, rows)
+
+
+def _key(r: FanoutResult) -> tuple[str, int, int]:
+    return r.system, r.clients, r.jobs
 
 
 def _ratio(mine: float, theirs: float) -> str:

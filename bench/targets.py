@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.fanout import FanoutResult
+from bench.fanout import FanoutResult, representative
 from bench.polling import JSON, PEER_JSON, median_rps
 from bench.reporter_cost import Cost
 from bench.upload import UploadResult
@@ -34,10 +34,7 @@ def _target(name: str, measured: str, ok: bool, why: str) -> Target:
     return name, measured, ok, "" if ok else why
 
 
-def _find(results: list[FanoutResult], system: str, clients: int, jobs: int = 1):
-    return next(
-        (r for r in results if (r.system, r.clients, r.jobs) == (system, clients, jobs)), None
-    )
+_find = representative
 
 
 def _per_stream_work(r: FanoutResult) -> str:
@@ -199,9 +196,9 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 "Memory per held stream is too high.",
             ),
         ]
-    mine = [r for r in results if r.system == "headway"]
+    mine = [r for r in results if r.system == "headway" and r.turn <= 1]
     if mine:
-        most = max(r.redis_conns for r in mine)
+        most = max(r.redis_conns for r in results if r.system == "headway")
         counts = ", ".join(f"{r.clients:,} on {r.jobs}: {r.redis_conns}" for r in mine)
         targets.append(
             _target(
