@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
@@ -20,7 +21,8 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
     def __init__(self, max_entries: int = 4096, ttl: float = 60.0):
         self.max_entries = max_entries
         self.ttl = ttl
-        self._checked: dict[str, tuple[float, dict]] = {}  # cookie -> (checked at, contents)
+        # cookie -> (checked at, contents, how to copy them for a request)
+        self._checked: dict[str, tuple[float, dict, Callable[[dict], dict]]] = {}
         self._lock = threading.Lock()
 
     def open_session(self, app, request) -> SecureCookieSession | None:
@@ -30,7 +32,7 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
         now = time.monotonic()
         checked = self._checked.get(cookie)
         if checked is not None and now - checked[0] < self.ttl:
-            return self.session_class(_copy(checked[1]))
+            return self.session_class(checked[2](checked[1]))
         session = super().open_session(app, request)
         if session:  # passed the check (a bad signature opens an empty session)
             with self._lock:
@@ -40,16 +42,18 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
                     }
                     while len(self._checked) >= self.max_entries:
                         del self._checked[next(iter(self._checked))]
-                self._checked[cookie] = (now, copy.deepcopy(dict(session)))
+                contents = copy.deepcopy(dict(session))
+                self._checked[cookie] = (now, contents, _copier(contents))
         return session
 
 
-def _copy(contents: dict) -> dict:
-    """A copy the request may change freely: shallow when every value is immutable, as
-    Headway's are (the owner, the CSRF token, the permanent flag); deep otherwise."""
+def _copier(contents: dict) -> Callable[[dict], dict]:
+    """How to copy `contents` for a request that may change its copy freely: shallowly when
+    every value is immutable, as Headway's are (the owner, the CSRF token, the permanent
+    flag); deeply otherwise. Decided once, when the cookie's check is remembered."""
     if all(type(value) in IMMUTABLE for value in contents.values()):
-        return dict(contents)
-    return copy.deepcopy(contents)
+        return dict
+    return copy.deepcopy
 
 
 IMMUTABLE = frozenset({str, bytes, int, float, bool, type(None)})
