@@ -199,13 +199,12 @@ def job_events(job_id: str):
                         return
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects with Last-Event-ID
-                    keepalive = svc.settings.keepalive_seconds
                     woken = _wait(watcher, sink, lease, deadline, svc.hub.fanout)
                     if woken is None:
                         yield KEEPALIVE
                         # Quiet for a while: look again (its worker may have died), sharing
                         # the look with the job's other streams.
-                        fresh_since = time.monotonic() - keepalive / 2
+                        fresh_since = time.monotonic() - lease.keepalive / 2
                     else:
                         fresh_since = watcher.changed_at
                     lease.renew()
@@ -320,7 +319,6 @@ def live():
                         yield b"".join(messages)
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects, saying which versions it has
-                    keepalive = svc.settings.keepalive_seconds
                     woken = _wait(watcher, sink, lease, deadline, svc.hub.fanout)
                     lease.renew()
                     if woken is None:
@@ -332,7 +330,7 @@ def live():
                             for i, st in (*job_statuses.items(), *statuses.items())
                             if st not in FINAL_STATUSES
                         }
-                        fresh_since = time.monotonic() - keepalive / 2
+                        fresh_since = time.monotonic() - lease.keepalive / 2
                         continue
                     fresh_since = watcher.changed_at
                     ids, everything = woken
