@@ -105,8 +105,8 @@ def run_polling(bench_redis: RedisServer, duration: float) -> list[Throughput]:
             rows.append(hammer(server, JSON, f"/api/jobs/{job_id}", 32, duration, cookie, n))
             rows.append(hammer(peer_server, PEER_JSON, peer.paths("poll")[0], 32, duration, "", n))
     finally:
-        for server in servers:
-            server.stop()
+        for started in servers:
+            started.stop()
     return rows
 
 
