@@ -118,9 +118,11 @@ for every write, the arrival of the first message at least as new, minus the wri
 time (same clock); for polling that is staleness. **Spread**: for each version, its first
 to its last receipt among the clients. **Web CPU s**: the web worker's CPU from the first
 update until every client had the final state (or 30 s), and per message (SSE) or response
-(polling) received. **Server fan-out**: measured inside Headway's web process (`/healthz`):
-from a change's notice to its last direct write to a stream, p99 of the latest 1,000
-changes. **Client CPU s**: the load generator's, over the same span. **Redis conns**: the
+(polling) received. **Server fan-out**: measured inside the server, p99 of the latest 1,000
+changes: in Headway's web process (`/healthz`), from a change's notice to its last direct
+write to a stream; in the floor (`/timing`), from a message's arrival to its last write
+(which waits for a socket that is full, where Headway's leaves the rest to the stream).
+**Client CPU s**: the load generator's, over the same span. **Redis conns**: the
 web worker's TCP connections to Redis, counted once all clients were connected and again at
 the end (pools keep what they open; a count reads every socket on the machine, so none is
 taken while latency is measured). **Connect s**: until every client had its first message.

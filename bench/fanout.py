@@ -73,10 +73,14 @@ class FanoutResult:
     writes_per_s: float
     errors: dict  # client side: why streams ended without the final state
     server_log: dict  # server side: its warnings, by message
-    # Headway only, measured in the server: from a change's notice to its last direct write
+    # Headway and the floor, measured in the server: from a change's notice (the floor: its
+    # message's arrival) to its last write
     fanout_p99_ms: float = math.nan
     spread_p50_ms: float = math.nan  # a version's first to last receipt among the clients
     spread_p99_ms: float = math.nan
+    # the p99 split: every version but the final states, and the final states alone
+    p99_updates_ms: float = math.nan
+    p99_finals_ms: float = math.nan
     turn: int = 0  # of the rounds Headway and the floor take in turns (0: run once)
 
     @property
@@ -401,7 +405,7 @@ def run_fanout(
                 writer.finish()
             load.wait(lambda s: s["open"] == 0, drain)
             measure_s = time.monotonic() - started
-            fanout_p99 = _server_fanout_p99(server) if system == "headway" else math.nan
+            fanout_p99 = _server_fanout_p99(server) if system in ("headway", "floor") else math.nan
             cpu = cpu_seconds(server.worker) - cpu0
             redis_cpu = cpu_seconds(redis_process) - redis_cpu0
             client_cpu = cpu_seconds(client_process) - client_cpu0
@@ -439,12 +443,19 @@ def run_fanout(
         fanout_p99_ms=fanout_p99,
         spread_p50_ms=result.get("spread_ms", {}).get("p50", math.nan),
         spread_p99_ms=result.get("spread_ms", {}).get("p99", math.nan),
+        p99_updates_ms=latency.get("updates_p99", math.nan),
+        p99_finals_ms=latency.get("finals_p99", math.nan),
     )
 
 
-def _server_fanout_p99(server: WebServer) -> float:
-    """What Headway's web process measured of its own fan-out (`/healthz`)."""
+def _server_fanout_p99(server: WebServer | FloorServer) -> float:
+    """What the server measured of its own fan-out: Headway's `/healthz`, the floor's
+    `/timing`."""
     import requests
 
-    timing = requests.get(server.base + "/healthz", timeout=10).json().get("fanout", {})
-    return timing.get("p99_ms", math.nan)
+    if isinstance(server, FloorServer):
+        timing = requests.get(f"http://127.0.0.1:{server.port}/timing", timeout=10).json()
+    else:
+        timing = requests.get(server.base + "/healthz", timeout=10).json().get("fanout", {})
+    p99 = timing.get("p99_ms")
+    return math.nan if p99 is None else p99

@@ -7,6 +7,9 @@ one greenlet per job channel that writes each message published on it, already f
 SSE by the writer, straight to every socket watching that job: no WSGI, no per-stream
 greenlet wake-up, no reads, no rendering. What Headway's fan-out costs above this on the
 same machine is Headway's own; what this costs is the machine's (and the load generator's).
+
+`GET /timing` answers what it measured of its own fan-out, as Headway's `/healthz` does: the
+seconds from each message's arrival to its last write (p99 of the latest 1,000, in ms).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
 
 import gevent  # noqa: E402
 import redis  # noqa: E402
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--redis", required=True)
     args = parser.parse_args()
     watchers: dict[str, set] = collections.defaultdict(set)
+    times: collections.deque[float] = collections.deque(maxlen=1000)
 
     def handle(sock, address) -> None:
         request = b""
@@ -41,6 +47,12 @@ def main() -> None:
                 return
             request += chunk
         path = request.split(b" ", 2)[1].decode()
+        if path == "/timing":
+            ordered = sorted(times)
+            p99 = round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 2) if ordered else None
+            body = json.dumps({"changes": len(ordered), "p99_ms": p99}).encode()
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
         if not path.startswith("/stream/"):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             return
@@ -62,13 +74,17 @@ def main() -> None:
         for message in pubsub.listen():
             if message["type"] != "pmessage":
                 continue
+            arrived = time.monotonic()
             job = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
             data = message["data"]
-            for sock in list(watchers.get(job, ())):
+            socks = list(watchers.get(job, ()))
+            for sock in socks:
                 try:
                     sock.sendall(data)
                 except OSError:
                     watchers[job].discard(sock)
+            if socks and data.startswith(b"id:"):  # a version, not a ping
+                times.append(time.monotonic() - arrived)
 
     gevent.spawn(broadcast)
     StreamServer(("127.0.0.1", args.port), handle, backlog=4096).serve_forever()

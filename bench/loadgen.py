@@ -172,6 +172,8 @@ def _coverage(c: Client, expected: dict[int, float]) -> tuple[int, list[float]]:
 def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dict:
     """Connections, deliveries and update-to-client latency, against the recorded writes."""
     latencies: list[float] = []
+    updates: list[float] = []  # the same, split: every version but the final state
+    finals: list[float] = []  # the final states alone
     expected_total = delivered_total = 0
     errors: dict[str, int] = {}
     # Only versions written once all of their job's clients were connected count: while
@@ -200,6 +202,10 @@ def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dic
         expected_total += len(expected)
         delivered_total += exact
         latencies += covered
+        # `covered` follows the versions in order: the job's final state is the last version
+        final = max((int(v) for v in written), default=0)
+        for version, latency in zip(sorted(expected), covered, strict=False):
+            (finals if version == final else updates).append(latency)
     return {
         "type": "result",
         "clients": len(clients),
@@ -212,6 +218,8 @@ def summarize(clients: list[Client], writes: dict[str, dict[str, float]]) -> dic
             "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99),
             "max": max(latencies, default=float("nan")),
+            "updates_p99": percentile(updates, 99),
+            "finals_p99": percentile(finals, 99),
         },
         "spread_ms": {"p50": percentile(spreads, 50), "p99": percentile(spreads, 99)},
         "messages": sum(len(c.versions) for c in clients),
