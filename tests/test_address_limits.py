@@ -1,11 +1,17 @@
 """Limits that a new cookie does not reset (per client address, X-Forwarded-For only from
-trusted proxies) and caps that protect the server itself (429 and 503, with Retry-After)."""
+trusted proxies), caps that protect the server itself (429 and 503, with Retry-After), and
+how leases are given back."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import redis
 
 from app import create_app
+from headway.limits import Limits, Releases
+from headway.settings import Settings
 from jobs import control, kinds
 
 FORM = {"steps": "3", "delay": "0", "fail_at": "-1"}
@@ -117,3 +123,74 @@ def test_a_full_queue_is_503(store):
     response = start_job(app_with(MAX_QUEUED_JOBS=1, RATE_LIMITS=False))
     assert response.status_code == 503 and response.headers["Retry-After"] == "30"
     assert "jobs waiting to start (1 at most)" in response.text
+
+
+class _HeldRoundTrips:
+    """The suite's Redis client, with each lease release's round trip held until the test
+    lets it go: a slow round trip, on demand. Counts the round trips."""
+
+    def __init__(self, client, fail_first: BaseException | None = None):
+        self.client, self.fail_first = client, fail_first
+        self.round_trips = 0
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def pipeline(self, **kwargs):
+        real, outer = self.client.pipeline(**kwargs), self
+
+        class Held:
+            def zrem(self, *args):
+                real.zrem(*args)
+
+            def execute(self):
+                outer.round_trips += 1
+                outer.entered.set()
+                assert outer.go.wait(10)
+                if outer.fail_first is not None:
+                    failure, outer.fail_first = outer.fail_first, None
+                    raise failure
+                return real.execute()
+
+        return Held()
+
+
+def _stream_leases(store, held, count):
+    limits = Limits(store.client, Settings.from_env())
+    limits.releases = Releases(held)
+    return [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(count)]
+
+
+def test_leases_given_back_during_a_round_trip_go_together_in_the_next(store):
+    held = _HeldRoundTrips(store.client)
+    first, *others = _stream_leases(store, held, 4)
+    sender = threading.Thread(target=first.release)
+    sender.start()
+    assert held.entered.wait(10)  # the first lease's round trip is under way
+    for lease in others:
+        lease.release()  # returns at once: the sender takes it along
+    assert store.client.zcard("hw:streams:releasing-owner") == 4
+    held.go.set()
+    sender.join(10)
+    assert not sender.is_alive()
+    assert store.client.zcard("hw:streams:releasing-owner") == 0
+    assert store.client.zcard("hw:streams:addr:198.51.100.9") == 0
+    assert held.round_trips == 2  # four leases, two round trips
+
+
+@pytest.mark.parametrize(
+    "failure", [redis.ConnectionError("gone"), KeyboardInterrupt()], ids=["redis", "killed"]
+)
+def test_a_failed_release_leaves_later_ones_working(store, failure):
+    held = _HeldRoundTrips(store.client, fail_first=failure)
+    held.go.set()
+    lost, kept = _stream_leases(store, held, 2)
+    lost_token = lost.token
+    if isinstance(failure, redis.RedisError):
+        lost.release()  # that lease expires by itself
+    else:
+        with pytest.raises(KeyboardInterrupt):  # as a killed greenlet, it goes on up
+            lost.release()
+    kept.release()
+    for key in ("hw:streams:releasing-owner", "hw:streams:addr:198.51.100.9"):
+        assert store.client.zrange(key, 0, -1) == [lost_token]
+        store.client.delete(key)
