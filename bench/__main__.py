@@ -103,7 +103,9 @@ NOTES = {
 N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 updates a
 second (every job at the same moment, the worst case), then the final state; the last rows
 hold 10,000 streams over 100 jobs that update once a second each, at their own moments as
-independent jobs do, for 20 s. Systems: Headway; a minimal flask-sse app under the same
+independent jobs do, for 20 s. Systems: Headway, with its stream limits on as in
+production (each stream takes, renews and gives back a lease in Redis; the caps are raised
+so that the one visitor here may hold every stream); a minimal flask-sse app under the same
 gunicorn config; JSON polling of that app once a second per client; and the **floor**
 (bench/floor.py), a gevent server that only writes each pre-framed message straight to the
 sockets watching its job: what any server costs on this machine, load generator included.

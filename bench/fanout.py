@@ -50,6 +50,15 @@ PEER_PAYLOAD = "".join(  # about the size of Headway's message while a job runs 
 )[:2300]
 
 
+# Headway's stream limits on, as in production (each stream takes, renews and gives back a
+# lease in Redis), with caps that let one visitor from one address hold every stream here.
+LIMITS_ON = {
+    "HEADWAY_RATE_LIMITS": "on",
+    "HEADWAY_MAX_STREAMS_PER_OWNER": "11000",
+    "HEADWAY_MAX_STREAMS_PER_ADDRESS": "11000",
+}
+
+
 @dataclasses.dataclass
 class FanoutResult:
     system: str
@@ -349,7 +358,7 @@ def run_fanout(
     bench_redis.client().flushall()
     mode = "poll" if system == "polling" else "sse"
     if system == "headway":
-        server = WebServer("headway", "app:create_app()", bench_redis.url)
+        server = WebServer("headway", "app:create_app()", bench_redis.url, env=LIMITS_ON)
     elif system == "floor":
         server = FloorServer(bench_redis.url)
     else:
