@@ -122,8 +122,10 @@ to its last receipt among the clients. **Web CPU s**: the web worker's CPU from 
 update until every client had the final state (or 30 s), and per message (SSE) or response
 (polling) received. **Server fan-out**: measured inside the server, p99 of the latest 1,000
 changes: in Headway's web process (`/healthz`), from a change's notice to its last direct
-write to a stream; in the floor (`/timing`), from a message's arrival to its last write
-(which waits for a socket that is full, where Headway's leaves the rest to the stream).
+write to a stream (a change noticed while others are being written waits, counted); in
+the floor (`/timing`), from taking a message off its subscription to its last write (a
+message waits for the one before uncounted, and for a socket that is full, where Headway
+leaves the rest to the stream): the two compare for one job, not for many.
 **Client CPU s**: the load generator's, over the same span. **Redis conns**: the
 web worker's TCP connections to Redis, counted once all clients were connected and again at
 the end (pools keep what they open; a count reads every socket on the machine, so none is
