@@ -54,7 +54,11 @@ from headway.web.views import Framing, JobView, JobViews
 log = logging.getLogger("headway.fanout")
 
 BATCH = 8  # jobs read together (one round trip) and written before the next are read
-ENDINGS = 50  # streams woken to end at a time, between looks for new changes
+# Streams woken to end at a time, between looks for new changes. Each ending costs about
+# 0.1 ms here, and a change noticed meanwhile waits for the turn: with 10,000 streams of 100
+# jobs ending within a second, turns of 50 held the fan-out's p99 (notice to last write) at
+# 12-13 ms, turns of 10 at 6-7 ms, in four runs each.
+ENDINGS = 10
 KEPT = 50  # streams woken for their keepalives at a time, likewise
 
 
