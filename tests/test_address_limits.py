@@ -127,13 +127,23 @@ def test_a_full_queue_is_503(store):
 
 class _HeldRoundTrips:
     """The suite's Redis client, with each lease release's round trip held until the test
-    lets it go: a slow round trip, on demand. Counts the round trips."""
+    lets one go (`let_one_go`): slow round trips, on demand. Counts the round trips."""
 
     def __init__(self, client, fail_first: BaseException | None = None):
         self.client, self.fail_first = client, fail_first
         self.round_trips = 0
-        self.entered = threading.Event()
-        self.go = threading.Event()
+        self.entered = threading.Semaphore(0)  # one for each round trip begun
+        self.permits = threading.Semaphore(0)
+
+    def let_one_go(self):
+        self.permits.release()
+
+    def let_all_go(self):
+        for _ in range(100):
+            self.permits.release()
+
+    def wait_for_a_round_trip(self):
+        assert self.entered.acquire(timeout=10)
 
     def pipeline(self, **kwargs):
         real, outer = self.client.pipeline(**kwargs), self
@@ -144,8 +154,8 @@ class _HeldRoundTrips:
 
             def execute(self):
                 outer.round_trips += 1
-                outer.entered.set()
-                assert outer.go.wait(10)
+                outer.entered.release()
+                assert outer.permits.acquire(timeout=10)
                 if outer.fail_first is not None:
                     failure, outer.fail_first = outer.fail_first, None
                     raise failure
@@ -154,27 +164,64 @@ class _HeldRoundTrips:
         return Held()
 
 
+OWNER_SET, ADDRESS_SET = "hw:streams:releasing-owner", "hw:streams:addr:198.51.100.9"
+
+
 def _stream_leases(store, held, count):
     limits = Limits(store.client, Settings.from_env())
     limits.releases = Releases(held)
     return [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(count)]
 
 
+def _held_in_redis(store) -> set[str]:
+    owner, address = (set(store.client.zrange(key, 0, -1)) for key in (OWNER_SET, ADDRESS_SET))
+    assert owner == address
+    return owner
+
+
 def test_leases_given_back_during_a_round_trip_go_together_in_the_next(store):
     held = _HeldRoundTrips(store.client)
     first, *others = _stream_leases(store, held, 4)
     sender = threading.Thread(target=first.release)
-    sender.start()
-    assert held.entered.wait(10)  # the first lease's round trip is under way
-    for lease in others:
-        lease.release()  # returns at once: the sender takes it along
-    assert store.client.zcard("hw:streams:releasing-owner") == 4
-    held.go.set()
-    sender.join(10)
+    try:
+        sender.start()
+        held.wait_for_a_round_trip()  # the first lease's round trip is under way
+        for lease in others:
+            lease.release()  # returns at once: the sender takes it along
+        assert len(_held_in_redis(store)) == 4
+    finally:
+        held.let_all_go()
+        sender.join(10)
     assert not sender.is_alive()
-    assert store.client.zcard("hw:streams:releasing-owner") == 0
-    assert store.client.zcard("hw:streams:addr:198.51.100.9") == 0
+    assert _held_in_redis(store) == set()
     assert held.round_trips == 2  # four leases, two round trips
+
+
+def test_a_caller_sends_two_round_trips_at_most_and_a_thread_sends_the_rest(store):
+    held = _HeldRoundTrips(store.client)
+    first, second, third = _stream_leases(store, held, 3)
+    late = third.token
+    sender = threading.Thread(target=first.release)
+    try:
+        sender.start()
+        held.wait_for_a_round_trip()
+        second.release()  # queued behind the first round trip
+        held.let_one_go()
+        held.wait_for_a_round_trip()  # the sender's second, with the second lease
+        third.release()  # queued behind that: more than the sender will take
+        held.let_one_go()
+        sender.join(10)
+        assert not sender.is_alive()  # it handed the third lease on and returned
+        held.wait_for_a_round_trip()  # which a thread of its own is sending
+        assert _held_in_redis(store) == {late}
+    finally:
+        held.let_all_go()
+    for _ in range(100):  # until that thread's round trip has landed
+        if not _held_in_redis(store):
+            break
+        threading.Event().wait(0.05)
+    assert _held_in_redis(store) == set()
+    assert held.round_trips == 3
 
 
 @pytest.mark.parametrize(
@@ -182,7 +229,7 @@ def test_leases_given_back_during_a_round_trip_go_together_in_the_next(store):
 )
 def test_a_failed_release_leaves_later_ones_working(store, failure):
     held = _HeldRoundTrips(store.client, fail_first=failure)
-    held.go.set()
+    held.let_all_go()
     lost, kept = _stream_leases(store, held, 2)
     lost_token = lost.token
     if isinstance(failure, redis.RedisError):
@@ -191,6 +238,4 @@ def test_a_failed_release_leaves_later_ones_working(store, failure):
         with pytest.raises(KeyboardInterrupt):  # as a killed greenlet, it goes on up
             lost.release()
     kept.release()
-    for key in ("hw:streams:releasing-owner", "hw:streams:addr:198.51.100.9"):
-        assert store.client.zrange(key, 0, -1) == [lost_token]
-        store.client.delete(key)
+    assert _held_in_redis(store) == {lost_token}
