@@ -82,8 +82,8 @@ class FanoutResult:
     writes_per_s: float
     errors: dict  # client side: why streams ended without the final state
     server_log: dict  # server side: its warnings, by message
-    # Headway and the floor, measured in the server: from a change's notice (the floor: its
-    # message's arrival) to its last write
+    # Headway and the floor, measured in the server: from a change's notice (the floor: from
+    # taking its message off the subscription) to its last write
     fanout_p99_ms: float = math.nan
     spread_p50_ms: float = math.nan  # a version's first to last receipt among the clients
     spread_p99_ms: float = math.nan
@@ -91,6 +91,10 @@ class FanoutResult:
     p99_updates_ms: float = math.nan
     p99_finals_ms: float = math.nan
     turn: int = 0  # of the rounds Headway and the floor take in turns (0: run once)
+
+    @property
+    def scenario(self) -> tuple[str, int, int]:
+        return self.system, self.clients, self.jobs
 
     @property
     def delivered_pct(self) -> float:
@@ -105,7 +109,7 @@ def representative(results: list[FanoutResult], system: str, clients: int, jobs:
     """The result of `system` at `clients` on `jobs`: of several rounds, the one with the
     median p99 (every figure from that one run); None when it did not run."""
     runs = sorted(
-        (r for r in results if (r.system, r.clients, r.jobs) == (system, clients, jobs)),
+        (r for r in results if r.scenario == (system, clients, jobs)),
         key=lambda r: (math.isnan(r.p99_ms), r.p99_ms),
     )
     return runs[(len(runs) - 1) // 2] if runs else None

@@ -94,7 +94,7 @@ PEERS = ("flask-sse", "polling", "floor")
 
 def comparison_table(results: list[FanoutResult]) -> str:
     """Headway against each peer, for every client count they share (one job)."""
-    by_key = {key: representative(results, *key) for key in {_key(r) for r in results}}
+    by_key = {key: representative(results, *key) for key in {r.scenario for r in results}}
     metrics = [
         ("Clients with the final state", lambda r: r.done, 0),
         ("Latency p50 ms", lambda r: r.p50_ms, 0),
@@ -118,10 +118,6 @@ def comparison_table(results: list[FanoutResult]) -> str:
     headers = ["Clients on jobs", "Metric", "Headway", *(SYSTEMS[p] for p in PEERS)]
     headers += [f"Headway / {SYSTEMS[p]}" for p in PEERS]
     return table(headers, rows)
-
-
-def _key(r: FanoutResult) -> tuple[str, int, int]:
-    return r.system, r.clients, r.jobs
 
 
 def _ratio(mine: float, theirs: float) -> str:
