@@ -315,3 +315,61 @@ def test_streams_that_got_their_final_state_end_when_many_jobs_end_at_once(live_
         reader.join(30)
         assert not reader.is_alive(), "the stream did not end after its final state"
         assert reader.versions("done") == [finals[i // 6]]
+
+
+def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_version(app, store):
+    """Versions can go by between two of the fan-out's writes to a stream (read for others
+    meanwhile): the stream then gets, straight to its socket and without being woken, the
+    change from the version it has; a stream whose version the process never read gets the
+    whole state. Each message is made once, whatever the number of streams that need it."""
+    from headway.web import services
+    from headway.web.fanout import Sink
+    from headway.web.streams import _request_context, stream_framing
+
+    job_id, reporter = items_job(store, 10)
+    with app.test_request_context(f"/jobs/{job_id}/events"):
+        context = _request_context()
+        views = services().views
+
+    def read():
+        return views.get([job_id], time.monotonic(), context)[job_id]
+
+    have = read()
+    for index in (2, 5):
+        reporter.item(index, f"item-{index:03}.dat", 100, "done")
+        reporter.flush()
+        newest = read()
+    assert newest.base == have.version + 1 and newest.version == have.version + 2
+
+    pairs: list[socket.socket] = []
+
+    def sink_at(version: int | None) -> tuple[Sink, socket.socket]:
+        ours, theirs = socket.socketpair()
+        pairs.extend((ours, theirs))
+        ours.setblocking(False)
+        sent = {job_id: version}
+        return Sink(ours, True, stream_framing, sent, context, None, 10.0), theirs
+
+    def received(theirs: socket.socket) -> dict[str, str]:
+        size, _, rest = theirs.recv(1 << 20).partition(b"\r\n")
+        assert len(rest) == int(size, 16) + 2 and rest.endswith(b"\r\n")  # one whole chunk
+        fields = (line.split(": ", 1) for line in rest.decode().strip().split("\n"))
+        return {field: value for field, value in fields}
+
+    frames: dict = {}
+    try:
+        for sink, theirs in [sink_at(have.version) for _ in range(3)]:
+            assert sink.write(newest, frames)
+            assert sink.sent[job_id] == newest.version
+            message = received(theirs)
+            assert message["event"] == "delta" and message["id"] == str(newest.version)
+            assert message["data"].count('class="item ') == 2
+            assert 'id="job-item-2"' in message["data"] and 'id="job-item-5"' in message["data"]
+        unknown, theirs = sink_at(have.version - 1)
+        assert unknown.write(newest, frames)
+        whole = received(theirs)
+        assert whole["event"] == "progress" and whole["data"].count('class="item ') == 10
+        assert len(frames) == 2  # one change from `have`, one whole state, for four streams
+    finally:
+        for sock in pairs:
+            sock.close()

@@ -488,7 +488,7 @@ def test_a_resumed_stream_gets_the_change_or_the_whole_state(web, store):
 
 
 def test_an_item_that_changes_after_a_skip_still_arrives(web, store):
-    """A stream that fell behind (versions it never sent) gets the whole state, in which the
+    """A stream from a version this process never read gets the whole state, in which the
     items changed meanwhile are as they are now."""
     from headway.store import ItemProgress
 
@@ -506,6 +506,48 @@ def test_an_item_that_changes_after_a_skip_still_arrives(web, store):
     assert (
         change.base == whole.version and 'id="job-item-2" class="item item-failed"' in change.html
     )
+    events.close()
+
+
+def test_a_stream_behind_by_versions_read_here_gets_the_change_since_its_own(web, store):
+    """A stream that has a version this process read, but not the last one before the
+    newest (it was busy, or its socket full, while versions went by), gets one change from
+    its version: every item changed in the versions it skipped, and every log line."""
+    from headway.store import ItemProgress, format_log_line
+
+    job_id = with_items(store, 10)
+    watching = open_live(web, f"job={job_id}")  # reads each version as it comes
+    have = job_message(watching.next_event()).version
+    for progress, index, status in ((3.0, 2, "done"), (4.0, 5, "running")):
+        name = f"file-{index}.jpg"
+        store.update(
+            job_id,
+            {"progress": progress},
+            items={index: ItemProgress(name, 100 if status == "done" else 30, status)},
+            log_lines=[format_log_line(f"{name}: {status}")],
+        )
+        read = job_message(watching.next_event())  # this process reads each version
+        assert (read.base, read.version) == (store.get(job_id).version - 1, read.version)
+    watching.close()
+
+    behind = open_live(web, f"job={job_id}:{have}")
+    change = job_message(behind.next_event())
+    assert (change.base, change.version) == (have, have + 2)
+    assert change.html.count('class="item ') == 2
+    assert 'id="job-item-2" class="item item-done"' in change.html
+    assert 'id="job-item-5" class="item item-running"' in change.html
+    log = '<ol hx-swap-oob="afterbegin:#job-log">'
+    assert change.html.count(log) == 1
+    newest_first = change.html.split(log, 1)[1]
+    assert newest_first.index("file-5.jpg: running") < newest_first.index("file-2.jpg: done")
+    assert 'aria-valuenow="4"' in change.html  # the meter, as it is now
+    behind.close()
+
+    # The job's own stream, resumed from that version, likewise.
+    _, events = open_stream(web, job_id, **{"Last-Event-ID": str(have)})
+    delta = events.next_event()
+    assert delta["event"] == "delta" and delta["id"] == str(have + 2)
+    assert delta["data"] == change.html
     events.close()
 
 

@@ -4,12 +4,13 @@ A stream is a greenlet that sends what its browser lacks. Waking a thousand of t
 change, to have each look up the same message and hand it to the WSGI server, costs more
 than the writes themselves. So, under gunicorn's gevent worker, a stream that waits gives
 its socket to the process's fan-out (a `Sink`): when a job changes, the fan-out reads and
-renders it once (the shared view), then writes the change's pre-framed bytes to every
-waiting stream that has the version it starts from, one non-blocking write each, and
-wakes the stream greenlet only when it must act itself:
+renders it once (the shared view), then writes pre-framed bytes to every waiting stream,
+one non-blocking write each: the change since the version the stream has (the version
+before, for a stream that keeps up), made and framed once for each version that streams
+have. It wakes the stream greenlet only when it must act itself:
 
-- it is not waiting (it is sending something else), or it has another version: it catches
-  up by itself, with the change or the whole state, as it always did;
+- it is not waiting (it is sending something else): it catches up by itself, with the
+  change since the version it has, as it always did;
 - the socket took part of the message (its browser reads slowly): the stream writes the
   rest, and meanwhile later changes go past it; it then skips to the newest state, and
   never holds up the others;
@@ -123,29 +124,31 @@ class Sink:
         return job_id in self.sent and not self.rows
 
     def write(self, view: JobView, frames: dict) -> bool:
-        """Send the change to `view` if the stream has the version it starts from: True
-        once the socket took all of it; False when the stream must act itself. Only while
-        the stream waits (nothing else writes to it).
+        """Bring the stream to `view`: the change since the version it has (or the whole
+        state, if the view does not know that version). True once the socket took all of
+        it; False when the stream must act itself. Only while the stream waits (nothing
+        else writes to it).
 
         A stream that ends with the job's final state (`ends`) gets that state whole, and
         is then `ended`: it must be woken to end. `frames` holds this change's bytes as
-        framed for each kind of stream, made once by the first stream of that kind.
+        framed for each kind of stream and version it starts from, made once by the first
+        stream that needs them.
         """
-        job_id = view.state.id
-        if self.pending or view.base is None or self.sent.get(job_id) != view.base:
+        if self.pending:
             return False
         final = self.ends and view.state.finished
-        key = (self.framing, self.chunked, final)
+        base = None if final else view.since(self.sent.get(view.state.id))
+        key = (self.framing, self.chunked, base)
         data = frames.get(key)
         if data is None:
-            data = frames[key] = self._frame(view, final)
+            data = frames[key] = self._frame(view, base)
         try:
             written = os.write(self.fd, data)
         except BlockingIOError:
             return False  # the socket is full: the stream catches up when it drains
         except OSError:
             return False  # gone: the stream finds out when it next writes, and ends
-        self.sent[job_id] = view.version
+        self.sent[view.state.id] = view.version
         self.ended = final
         self.written_at = time.monotonic()
         if written < len(data):
@@ -153,8 +156,8 @@ class Sink:
             return False
         return True
 
-    def _frame(self, view: JobView, final: bool) -> bytes:
-        message = view.message(self.framing, None if final else view.base, self.context)
+    def _frame(self, view: JobView, base: int | None) -> bytes:
+        message = view.message(self.framing, base, self.context)
         if not self.chunked:
             return message
         return b"%X\r\n%s\r\n" % (len(message), message)  # as the server frames a chunk
@@ -272,7 +275,11 @@ class Fanout:
     ) -> None:
         written, frames = 0, {}
         for watcher in watchers:
-            if view is not None and watcher.parked and watcher.sink.write(view, frames):
+            if view is None or not watcher.parked:
+                watcher.notify(job_id)
+            elif watcher.sink.sent.get(job_id) == view.version:
+                continue  # it has this version (noticed twice before the read)
+            elif watcher.sink.write(view, frames):
                 written += 1
                 if watcher.sink.ended:  # its last message: the stream ends, once there is time
                     self._ending.append((watcher, job_id))

@@ -124,19 +124,19 @@ class _Lease:
         return response
 
 
-def stream_framing(view: JobView, html: str, as_change: bool) -> bytes:
+def stream_framing(view: JobView, html: str, base: int | None) -> bytes:
     """A job's own stream: `progress` (the whole region), `delta` (out-of-band swaps from
-    the version before) or, last, `done`; each with the version as its id."""
-    event = "delta" if as_change else ("done" if view.state.finished else "progress")
+    the version the stream sent last) or, last, `done`; each with the version as its id."""
+    event = "delta" if base is not None else ("done" if view.state.finished else "progress")
     return sse(event, html, view.version).encode()
 
 
-def live_framing(view: JobView, html: str, as_change: bool) -> bytes:
+def live_framing(view: JobView, html: str, base: int | None) -> bytes:
     """`/live`: "<id> <version> <final> <base>" on the first line (base "-" for the whole
     region, else the version the out-of-band swaps start from), the HTML after it."""
     state = view.state
-    base = view.base if as_change else "-"
-    return sse("job", f"{state.id} {view.version} {int(state.finished)} {base}\n{html}").encode()
+    head = f"{state.id} {view.version} {int(state.finished)} {'-' if base is None else base}"
+    return sse("job", f"{head}\n{html}").encode()
 
 
 def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, fanout: Fanout):

@@ -8,10 +8,13 @@ together, in one round trip) fetches the record, the items changed since the ver
 (each item carries the version that last changed it) and the log lines added since; each
 part is rendered again only if a field it reads changed, and the change is the parts whose
 markup differs from the version before, the changed items and the new log lines, as
-out-of-band swaps. A stream that last sent the version before gets that change; any other
-(new, resumed, or fallen behind) gets the whole state, rendered once per version when first
-asked for. Every message is framed once and sent as the same bytes to every stream: the
-work per change is per process, never per watcher.
+out-of-band swaps. A view also keeps what the page looked like at the versions this process
+read before it (`TRAIL` of them): a stream that fell behind (it was busy, or its socket was
+full, while versions went by) or that resumes from one of those versions gets the change
+since the version it has, made once for each such version when first asked for. Any other
+(new, or resumed from a version this process never read) gets the whole state, rendered
+once per version. Every message is framed once and sent as the same bytes to every stream:
+the work per change is per process, never per watcher.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ PARTS = ("job_summary", "job_meter", "job_stages", "job_outcome")
 TRIM_BLOCKS = re.compile(r"([%#]})\r?\n")
 LSTRIP_BLOCKS = re.compile(r"^[ \t]+(\{[%#])", re.MULTILINE)
 LINE_BREAKS = re.compile(r"[ \t]*[\r\n][ \t\r\n]*")
+# Earlier versions a view can send the change from: 1.6 s of a job at 10 updates a second.
+# A stream further behind gets the whole state.
+TRAIL = 16
 
 
 class CompactPartials(FileSystemLoader):
@@ -93,7 +99,20 @@ class Rows:
         return Markup(_render_in(self._env, "job_log_line", line=dict(line)))
 
 
-Framing = Callable[["JobView", str, bool], bytes]  # (view, html, is a change) -> message
+# (view, html, the version the change starts from or None for the whole state) -> message
+Framing = Callable[["JobView", str, int | None], bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class Earlier:
+    """An earlier version of a job's page, as much of it as a change from there needs: its
+    parts, the log lines it had seen, and the items that changed in the next version read
+    (None: items came, and the items region goes whole)."""
+
+    version: int
+    parts: dict[str, str]
+    log_total: int
+    items_after: frozenset[int] | None
 
 
 @dataclasses.dataclass
@@ -111,6 +130,7 @@ class JobView:
     # change carries those that differ. And the fields of the job each part read.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
     reads: dict[str, dict] = dataclasses.field(default_factory=dict)
+    earlier: tuple[Earlier, ...] = ()  # the versions read before, newest first: `base`'s first
     _messages: dict[tuple, bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
@@ -118,16 +138,37 @@ class JobView:
     def version(self) -> int:
         return self.state.version
 
+    def since(self, sent: int | None) -> int | None:
+        """The version a message to a stream that has `sent` starts from: `sent`, if this
+        view knows the change from there; None if it must be the whole state."""
+        if sent is not None and (sent == self.base or any(e.version == sent for e in self.earlier)):
+            return sent
+        return None
+
     def message(self, framing: Framing, sent: int | None, context) -> bytes | None:
-        """What a stream that last sent version `sent` needs: nothing, the change, or the
-        whole state (rendered on first use, in `context`)."""
+        """What a stream that last sent version `sent` needs: nothing, the change since, or
+        the whole state (rendered on first use, in `context`)."""
         if sent == self.version:
             return None
-        as_change = self.base is not None and sent == self.base
-        return self.once(
-            (framing.__name__, as_change),
-            lambda: framing(self, self.change if as_change else self._whole(context), as_change),
-        )
+        base = self.since(sent)
+
+        def make() -> bytes:
+            html = self._whole(context) if base is None else self._change_from(base, context)
+            return framing(self, html, base)
+
+        return self.once((framing.__name__, base), make)
+
+    def _change_from(self, base: int, context) -> str:
+        """The out-of-band swaps from version `base` (one of `earlier`) to this one."""
+        if base == self.base:
+            return self.change
+        depth = next(i for i, e in enumerate(self.earlier) if e.version == base)
+
+        def make() -> str:
+            with context():
+                return _change_since(self, self.earlier[: depth + 1])
+
+        return self.once(("change", base), make)
 
     def polling_fragment(self, context) -> str:
         """The whole region as polling asks for it (it asks again while the job runs); the
@@ -262,6 +303,31 @@ def _changed_parts(old: dict[str, str], new: dict[str, str], job: JobState) -> l
     ]
 
 
+def _change_since(view: JobView, steps: tuple[Earlier, ...]) -> str:
+    """The out-of-band swaps that turn the page at the oldest of `steps` (newest first, the
+    versions read since) into `view`: the parts whose markup differs, the items changed in
+    any of those versions, and the log lines added since."""
+    since = steps[-1]
+    parts = _changed_parts(since.parts, view.parts, view.state)
+    changed_items = [step.items_after for step in steps]
+    if None in changed_items:
+        parts.append(_render("job_items", items=_ordered(view.items), oob=True))
+    else:
+        indices = sorted(frozenset().union(*changed_items))
+        parts += [_render("job_item", item=view.items[i], oob=True) for i in indices]
+    added = view.state.log_total - since.log_total
+    if added > 0:
+        if not since.log_total or added >= min(view.log_cap, len(view.log_lines) + 1):
+            parts.append(
+                _render("job_log", log_lines=view.log_lines, log_cap=view.log_cap, oob=True)
+            )
+        else:
+            log_line = current_app.jinja_env.globals["log_line"]
+            lines = "".join(log_line(line) for line in reversed(view.log_lines[-added:]))
+            parts.append(f'<ol hx-swap-oob="afterbegin:#job-log">{lines}</ol>')
+    return "".join(parts)
+
+
 def _ordered(items: dict[int, ItemProgress]) -> list[ItemProgress]:
     return [items[index] for index in sorted(items)]
 
@@ -347,17 +413,13 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
     rendered, reads = _parts(state, old)
     if old is None:
         return JobView(read_at, state, items, log_lines, cap, None, "", rendered, reads)
-    parts = _changed_parts(old.parts, rendered, state)
-    if new_items:
-        parts.append(_render("job_items", items=_ordered(items), oob=True))
-    else:
-        parts += [_render("job_item", item=item, oob=True) for item in change.items]
-    if change.log_lines:
-        if not old.log_lines or len(change.log_lines) >= cap:
-            parts.append(_render("job_log", log_lines=log_lines, log_cap=cap, oob=True))
-        else:
-            log_line = current_app.jinja_env.globals["log_line"]
-            lines = "".join(log_line(line) for line in reversed(change.log_lines))
-            parts.append(f'<ol hx-swap-oob="afterbegin:#job-log">{lines}</ol>')
-    change_html = "".join(parts)
-    return JobView(read_at, state, items, log_lines, cap, old.version, change_html, rendered, reads)
+    step = Earlier(
+        old.version,
+        old.parts,
+        old.state.log_total,
+        None if new_items else frozenset(item.index for item in change.items),
+    )
+    view = JobView(read_at, state, items, log_lines, cap, old.version, "", rendered, reads)
+    view.earlier = (step, *old.earlier[: TRAIL - 1])
+    view.change = _change_since(view, view.earlier[:1])
+    return view
