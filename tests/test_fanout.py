@@ -323,7 +323,7 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
     change from the version it has; a stream whose version the process never read gets the
     whole state. Each message is made once, whatever the number of streams that need it."""
     from headway.web import services
-    from headway.web.fanout import Sink
+    from headway.web.fanout import Change, Sink
     from headway.web.streams import _request_context, stream_framing
 
     job_id, reporter = items_job(store, 10)
@@ -356,20 +356,20 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
         fields = (line.split(": ", 1) for line in rest.decode().strip().split("\n"))
         return {field: value for field, value in fields}
 
-    frames: dict = {}
+    change = Change(newest)
     try:
         for sink, theirs in [sink_at(have.version) for _ in range(3)]:
-            assert sink.write(newest, frames)
+            assert sink.write(change)
             assert sink.sent[job_id] == newest.version
             message = received(theirs)
             assert message["event"] == "delta" and message["id"] == str(newest.version)
             assert message["data"].count('class="item ') == 2
             assert 'id="job-item-2"' in message["data"] and 'id="job-item-5"' in message["data"]
         unknown, theirs = sink_at(have.version - 1)
-        assert unknown.write(newest, frames)
+        assert unknown.write(change)
         whole = received(theirs)
         assert whole["event"] == "progress" and whole["data"].count('class="item ') == 10
-        assert len(frames) == 2  # one change from `have`, one whole state, for four streams
+        assert len(change.frames) == 2  # one change from `have`, one whole state, for four streams
     finally:
         for sock in pairs:
             sock.close()

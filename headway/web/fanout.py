@@ -70,6 +70,21 @@ def quiet_spell(keepalive: float) -> float:
     return keepalive * random.uniform(0.5, 1.0)
 
 
+class Change:
+    """A change being written: its view, and its bytes as framed for each kind of stream and
+    each version that streams start from, made once by the first stream that needs them."""
+
+    __slots__ = ("base", "finished", "frames", "job_id", "version", "view")
+
+    def __init__(self, view: JobView):
+        self.view = view
+        self.job_id = view.state.id
+        self.version = view.version
+        self.base = view.base
+        self.finished = view.state.finished
+        self.frames: dict[tuple, bytes] = {}
+
+
 class Sink:
     """A stream's socket, and the version of each job it has sent (shared with the stream)."""
 
@@ -123,32 +138,31 @@ class Sink:
     def takes(self, job_id: str) -> bool:
         return job_id in self.sent and not self.rows
 
-    def write(self, view: JobView, frames: dict) -> bool:
-        """Bring the stream to `view`: the change since the version it has (or the whole
-        state, if the view does not know that version). True once the socket took all of
-        it; False when the stream must act itself. Only while the stream waits (nothing
-        else writes to it).
+    def write(self, change: Change) -> bool:
+        """Bring the stream to the change's version: the change since the version it has
+        (or the whole state, if the view does not know that version). True once the socket
+        took all of it; False when the stream must act itself. Only while the stream waits
+        (nothing else writes to it).
 
         A stream that ends with the job's final state (`ends`) gets that state whole, and
-        is then `ended`: it must be woken to end. `frames` holds this change's bytes as
-        framed for each kind of stream and version it starts from, made once by the first
-        stream that needs them.
+        is then `ended`: it must be woken to end.
         """
         if self.pending:
             return False
-        final = self.ends and view.state.finished
-        base = None if final else view.since(self.sent.get(view.state.id))
+        final = self.ends and change.finished
+        sent = self.sent.get(change.job_id)
+        base = None if final else sent if sent == change.base else change.view.since(sent)
         key = (self.framing, self.chunked, base)
-        data = frames.get(key)
+        data = change.frames.get(key)
         if data is None:
-            data = frames[key] = self._frame(view, base)
+            data = change.frames[key] = self._frame(change.view, base)
         try:
             written = os.write(self.fd, data)
         except BlockingIOError:
             return False  # the socket is full: the stream catches up when it drains
         except OSError:
             return False  # gone: the stream finds out when it next writes, and ends
-        self.sent[view.state.id] = view.version
+        self.sent[change.job_id] = change.version
         self.ended = final
         self.written_at = time.monotonic()
         if written < len(data):
@@ -273,15 +287,16 @@ class Fanout:
     def _write(
         self, job_id: str, view: JobView | None, watchers: list[Watcher], noticed: float
     ) -> None:
-        written, frames = 0, {}
+        written, change = 0, None if view is None else Change(view)
         for watcher in watchers:
-            if view is None or not watcher.parked:
+            sink = watcher.sink
+            if change is None or not watcher.parked:
                 watcher.notify(job_id)
-            elif watcher.sink.sent.get(job_id) == view.version:
+            elif sink.sent.get(job_id) == change.version:
                 continue  # it has this version (noticed twice before the read)
-            elif watcher.sink.write(view, frames):
+            elif sink.write(change):
                 written += 1
-                if watcher.sink.ended:  # its last message: the stream ends, once there is time
+                if sink.ended:  # its last message: the stream ends, once there is time
                     self._ending.append((watcher, job_id))
             else:
                 watcher.notify(job_id)
