@@ -57,8 +57,9 @@ def _per_stream_work(r: FanoutResult) -> str:
         f"at {r.writes_per_s:.0f} updates/s per job that is "
         f"{r.clients * r.writes_per_s * r.cpu_per_message_us / 1e6:,.2f} cores of work, and "
         f"the web process used {cores:.2f}. A stream that falls behind skips "
-        f"to the newest version (state, not events). More web processes (WEB_CONCURRENCY) "
-        f"divide the fan-out."
+        f"to the newest version (state, not events): the fan-out writes it the change since "
+        f"the version it has, as to any other. More web processes (WEB_CONCURRENCY) divide "
+        f"the fan-out."
     )
 
 
