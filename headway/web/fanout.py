@@ -6,11 +6,13 @@ than the writes themselves. So, under gunicorn's gevent worker, a stream that wa
 its socket to the process's fan-out (a `Sink`): when a job changes, the fan-out reads and
 renders it once (the shared view), then writes pre-framed bytes to every waiting stream,
 one non-blocking write each: the change since the version the stream has (the version
-before, for a stream that keeps up), made and framed once for each version that streams
-have. It wakes the stream greenlet only when it must act itself:
+before, for a stream that keeps up; the whole state, for one at a version the process
+never read), made and framed once for each version that streams have. A stream that fell
+behind thus catches up for the price of keeping up. The fan-out wakes the stream greenlet
+only when it must act itself:
 
-- it is not waiting (it is sending something else): it catches up by itself, with the
-  change since the version it has, as it always did;
+- it is not waiting (it is sending something else): it catches up by itself once done,
+  the same way;
 - the socket took part of the message (its browser reads slowly): the stream writes the
   rest, and meanwhile later changes go past it; it then skips to the newest state, and
   never holds up the others;

@@ -40,8 +40,9 @@ PARTS = ("job_summary", "job_meter", "job_stages", "job_outcome")
 TRIM_BLOCKS = re.compile(r"([%#]})\r?\n")
 LSTRIP_BLOCKS = re.compile(r"^[ \t]+(\{[%#])", re.MULTILINE)
 LINE_BREAKS = re.compile(r"[ \t]*[\r\n][ \t\r\n]*")
-# Earlier versions a view can send the change from: 1.6 s of a job at 10 updates a second.
-# A stream further behind gets the whole state.
+# Earlier versions a view can send the change from: 1.6 s of a job at 10 updates a second,
+# about 2 KB each (their parts; items and log lines are not copied). A stream further
+# behind gets the whole state.
 TRAIL = 16
 
 
