@@ -78,19 +78,26 @@ class Lease:
 
     @staticmethod
     def renew_all(leases: list[Lease]) -> None:
-        """Extend the slots of each of `leases` (of one Redis) now, in one round trip."""
+        """Extend the slots of each of `leases` (of one Redis) now, in one round trip: one
+        ZADD and one EXPIRE per set, however many of the leases are in it (the fan-out
+        renews those of every waiting stream, and a visitor's streams share their sets)."""
         leases = [lease for lease in leases if lease.token]
         if not leases:
             return
         now, expiry = time.monotonic(), time.time()
-        pipe = leases[0].limits.client.pipeline(transaction=False)
+        scores: dict[str, dict[str, float]] = {}
+        ttls: dict[str, int] = {}
         for lease in leases:
             lease.renewed = now
             for key in lease.keys:
-                pipe.zadd(key, {lease.token: expiry + lease.seconds}, xx=True)
-                # The set must outlive its newest lease, or every slot of streams that stay
-                # open vanishes with it one lease after the last one was taken.
-                pipe.expire(key, math.ceil(lease.seconds) + 1)
+                scores.setdefault(key, {})[lease.token] = expiry + lease.seconds
+                ttls[key] = max(ttls.get(key, 0), math.ceil(lease.seconds) + 1)
+        pipe = leases[0].limits.client.pipeline(transaction=False)
+        for key, tokens in scores.items():
+            pipe.zadd(key, tokens, xx=True)
+            # The set must outlive its newest lease, or every slot of streams that stay open
+            # vanishes with it one lease after the last one was taken.
+            pipe.expire(key, ttls[key])
         pipe.execute()
 
     def release(self) -> None:

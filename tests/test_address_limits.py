@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from app import create_app
-from headway.limits import Limits, Releases
+from headway.limits import Lease, Limits, Releases
 from headway.settings import Settings
 from jobs import control, kinds
 
@@ -166,6 +166,7 @@ class _HeldRoundTrips:
 
 
 OWNER_SET, ADDRESS_SET = "hw:streams:releasing-owner", "hw:streams:addr:198.51.100.9"
+SETS = (OWNER_SET, ADDRESS_SET)
 
 
 def _stream_leases(store, held, count):
@@ -178,6 +179,26 @@ def _held_in_redis(store) -> set[str]:
     owner, address = (set(store.client.zrange(key, 0, -1)) for key in (OWNER_SET, ADDRESS_SET))
     assert owner == address
     return owner
+
+
+def test_leases_that_share_their_sets_are_renewed_with_one_command_per_set(store):
+    """The fan-out renews the slots of all the streams that wait, in one round trip: a
+    visitor's streams share their sets, and each set takes one ZADD and one EXPIRE."""
+    limits = Limits(store.client, Settings.from_env())
+    leases = [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(5)]
+    before = {key: dict(store.client.zrange(key, 0, -1, withscores=True)) for key in SETS}
+    for key in SETS:
+        store.client.expire(key, 5)
+    store.client.config_resetstat()
+    time.sleep(0.01)  # every lease's expiry moves on
+    Lease.renew_all(leases)
+    stats = store.client.info("commandstats")
+    assert stats["cmdstat_zadd"]["calls"] == 2 and stats["cmdstat_expire"]["calls"] == 2
+    for key in SETS:
+        after = dict(store.client.zrange(key, 0, -1, withscores=True))
+        assert after.keys() == before[key].keys() == {lease.token for lease in leases}
+        assert all(after[token] > before[key][token] for token in after)
+        assert store.client.ttl(key) > 5
 
 
 def test_leases_given_back_during_a_round_trip_go_together_in_the_next(store):
