@@ -373,3 +373,30 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
     finally:
         for sock in pairs:
             sock.close()
+
+
+def test_the_slots_of_waiting_streams_fall_due_for_renewal_together():
+    """The fan-out renews the slots of the streams that wait at the ticks of a coarse clock
+    (an eighth of the keepalive interval): the renewals that fall within one tick go in one
+    round trip, none of them early and none more than a tick late."""
+    from headway.limits import Lease
+    from headway.web.fanout import Sink
+    from headway.web.streams import stream_framing
+
+    keepalive, tick = 8.0, 1.0
+    looks, pairs = [], []
+    try:
+        for renewed in (100.05, 100.5, 100.95, 101.05):
+            ours, theirs = socket.socketpair()
+            pairs += [ours, theirs]
+            lease = Lease(None, [], "token", keepalive * 2 + 5)
+            lease.renewed = renewed
+            sink = Sink(ours, True, stream_framing, {}, None, lease, keepalive)
+            sink.since = math.inf  # no keepalive due: only the renewal
+            renews_at = lease.renews_at(keepalive)
+            assert renews_at <= sink.look_at() < renews_at + tick
+            looks.append(sink.look_at())
+    finally:
+        for sock in pairs:
+            sock.close()
+    assert looks == [109.0, 109.0, 109.0, 110.0]

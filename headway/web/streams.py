@@ -186,6 +186,7 @@ def job_events(job_id: str):
                 while True:
                     if sink is not None and sink.ended:
                         return  # the fan-out sent the final state
+                    lease.renew()  # (not for a stream that ends: it gives its slots back)
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
@@ -207,7 +208,6 @@ def job_events(job_id: str):
                         fresh_since = time.monotonic() - lease.keepalive / 2
                     else:
                         fresh_since = watcher.changed_at
-                    lease.renew()
         except (redis.RedisError, HubUnavailable) as exc:
             log.warning("job %s: stream ended, redis unavailable: %s", job.id, exc)
         finally:
