@@ -4,6 +4,8 @@ response yields; a reader that stalls skips to the newest state and holds up no 
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import http.client
 import math
 import socket
@@ -400,3 +402,39 @@ def test_the_slots_of_waiting_streams_fall_due_for_renewal_together():
         for sock in pairs:
             sock.close()
     assert looks == [109.0, 109.0, 109.0, 110.0]
+
+
+def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time(store):
+    """Renewals due together (at a tick) are taken `LOOKED` at a time, each batch in one
+    round trip, so that changes noticed meanwhile are written between batches."""
+    from headway.hub import Watcher
+    from headway.limits import Limits
+    from headway.settings import Settings
+    from headway.web.fanout import LOOKED, Fanout, Sink
+    from headway.web.streams import stream_framing
+
+    keepalive, count = 8.0, LOOKED + 50
+    settings = Settings.from_env()
+    caps = {"max_streams_per_owner": count, "max_streams_per_address": count}
+    limits = Limits(store.client, dataclasses.replace(settings, **caps))
+    fanout, pairs, leases = Fanout(views=None), [], []
+    try:
+        for _ in range(count):
+            ours, theirs = socket.socketpair()
+            pairs += [ours, theirs]
+            lease = limits.open_stream("looked-after", "198.51.100.20")
+            lease.renewed -= keepalive + 1  # its renewal is a tick overdue
+            leases.append(lease)
+            sink = Sink(ours, True, stream_framing, {}, None, lease, keepalive)
+            sink.since = math.inf  # no keepalive due: only the renewal
+            watcher = Watcher(["job"], sink=sink)
+            watcher.parked = sink.kept = True
+            # As `Fanout.keep` does, without starting the fan-out's own thread.
+            heapq.heappush(fanout._kept, (sink.look_at(), len(leases), watcher))
+        fanout._look_after()
+        assert sum(lease.renews_at(keepalive) > time.monotonic() for lease in leases) == LOOKED
+        fanout._look_after()
+        assert all(lease.renews_at(keepalive) > time.monotonic() for lease in leases)
+    finally:
+        for sock in pairs:
+            sock.close()

@@ -63,6 +63,10 @@ BATCH = 8  # jobs read together (one round trip) and written before the next are
 # 12-13 ms, turns of 10 at 6-7 ms, in four runs each.
 ENDINGS = 10
 KEPT = 50  # streams woken for their keepalives at a time, likewise
+# Waiting streams looked at in one go (their slots renewed in one round trip): the fan-out
+# reads no change meanwhile. At a renewal tick, 10,000 streams had 1,700-1,900 renewals due
+# together, which held the fan-out for 25 ms or more.
+LOOKED = 200
 RENEWAL_TICKS = 8  # per keepalive interval: the moments at which slots are renewed (`look_at`)
 
 
@@ -322,11 +326,14 @@ class Fanout:
             return max(0.0, self._kept[0][0] - time.monotonic()) if self._kept else None
 
     def _look_after(self) -> None:
-        """Wake a few of the kept streams whose keepalive is due, and renew the slots of
-        those whose lease is due, all of them in one round trip."""
+        """Look at a few of the kept streams that are due: wake those whose keepalive is
+        due, and renew the slots of the others whose lease is due, all in one round trip.
+        The rest wait for the next look, after the changes noticed meanwhile."""
         now, woken, again = time.monotonic(), 0, []  # `again`: those still waiting
         with self._lock:
-            while self._kept and self._kept[0][0] <= now and woken < KEPT:
+            for _ in range(LOOKED):
+                if not self._kept or self._kept[0][0] > now or woken >= KEPT:
+                    break
                 watcher = heapq.heappop(self._kept)[2]
                 if not watcher.parked:  # it woke (or ended) since: not ours until it waits
                     watcher.sink.kept = False
