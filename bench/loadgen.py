@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import sys
@@ -255,7 +256,16 @@ async def watch(args) -> None:
             await asyncio.sleep(0)  # let the first ones connect while the rest are created
     loop = asyncio.get_running_loop()
     command = asyncio.ensure_future(loop.run_in_executor(None, sys.stdin.readline))
+    frozen = False
     while not command.done():
+        if not frozen and all(c.t_ready or c.error for c in clients):
+            # Everyone is connected (and told so by the status line after this): what this
+            # process holds now lives until the end. Out of the garbage collector's sight,
+            # a full collection no longer walks it: with 10,000 clients one took 90-170 ms
+            # here, and every client stopped reading meanwhile, whichever server it was.
+            gc.collect()
+            gc.freeze()
+            frozen = True
         print(_status(clients), flush=True)
         await asyncio.wait({command}, timeout=0.5)
     for task in tasks:
