@@ -118,15 +118,13 @@ class Earlier:
 
 @dataclasses.dataclass
 class JobView:
-    """One version of a job's page, and the change that led to it from `base`."""
+    """One version of a job's page, and what the page showed at the versions read before."""
 
     read_at: float  # monotonic time the read began: it holds every change notified before
     state: JobState
     items: dict[int, ItemProgress]
     log_lines: list[dict]  # oldest first, the newest `log_cap`
     log_cap: int
-    base: int | None  # the version `change` starts from (None: no change known)
-    change: str  # out-of-band swaps that turn the page at `base` into this version
     # The parts as rendered for this version, by name ("fact:<key>" for each fact): the next
     # change carries those that differ. And the fields of the job each part read.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -139,10 +137,15 @@ class JobView:
     def version(self) -> int:
         return self.state.version
 
+    @property
+    def base(self) -> int | None:
+        """The version read just before this one (None: none was)."""
+        return self.earlier[0].version if self.earlier else None
+
     def since(self, sent: int | None) -> int | None:
         """The version a message to a stream that has `sent` starts from: `sent`, if this
         view knows the change from there; None if it must be the whole state."""
-        if sent is not None and (sent == self.base or any(e.version == sent for e in self.earlier)):
+        if sent is not None and any(e.version == sent for e in self.earlier):
             return sent
         return None
 
@@ -161,11 +164,9 @@ class JobView:
 
     def _change_from(self, base: int, context) -> str:
         """The out-of-band swaps from version `base` (one of `earlier`) to this one."""
-        if base == self.base:
-            return self.change
-        depth = next(i for i, e in enumerate(self.earlier) if e.version == base)
 
         def make() -> str:
+            depth = next(i for i, e in enumerate(self.earlier) if e.version == base)
             with context():
                 return _change_since(self, self.earlier[: depth + 1])
 
@@ -404,7 +405,8 @@ def _seen(view: JobView | None) -> tuple[int, int] | None:
 
 
 def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView:
-    """The view after `change`, with the out-of-band swaps that lead there from `old`."""
+    """The view after `change`, with what the page showed at `old` and the versions before
+    it: the changes from those are made when a stream first asks for one."""
     state = change.state
     items = dict(old.items) if old else {}
     new_items = old is None or any(item.index not in items for item in change.items)
@@ -413,14 +415,12 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
     log_lines = ((old.log_lines if old else []) + change.log_lines)[-cap:]
     rendered, reads = _parts(state, old)
     if old is None:
-        return JobView(read_at, state, items, log_lines, cap, None, "", rendered, reads)
+        return JobView(read_at, state, items, log_lines, cap, rendered, reads)
     step = Earlier(
         old.version,
         old.parts,
         old.state.log_total,
         None if new_items else frozenset(item.index for item in change.items),
     )
-    view = JobView(read_at, state, items, log_lines, cap, old.version, "", rendered, reads)
-    view.earlier = (step, *old.earlier[: TRAIL - 1])
-    view.change = _change_since(view, view.earlier[:1])
-    return view
+    earlier = (step, *old.earlier[: TRAIL - 1])
+    return JobView(read_at, state, items, log_lines, cap, rendered, reads, earlier)
