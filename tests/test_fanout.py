@@ -438,3 +438,47 @@ def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time(store):
     finally:
         for sock in pairs:
             sock.close()
+
+
+def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, store, monkeypatch):
+    """The fan-out's renders are the same for every watcher: a turn enters one context (a
+    stream's) for all the jobs it reads, renders and writes, not one per job and change."""
+    from headway.hub import Watcher
+    from headway.web import services, streams
+    from headway.web.fanout import Fanout, Sink
+    from headway.web.streams import _request_context, stream_framing
+
+    jobs = [items_job(store, 3) for _ in range(3)]
+    with app.test_request_context(f"/jobs/{jobs[0][0]}/events"):
+        context = _request_context()
+        views = services().views
+    fanout = Fanout(views)
+    have = views.get([job_id for job_id, _ in jobs], time.monotonic(), context)
+    for _, reporter in jobs:
+        reporter.item(1, "item-001.dat", 50)
+        reporter.flush()
+    entered = []
+    monkeypatch.setattr(
+        streams._Rerouted,
+        "push",
+        lambda self, push=streams._Rerouted.push: entered.append(1) or push(self),
+    )
+    pairs, pending = [], {}
+    try:
+        for job_id, _ in jobs:
+            ours, theirs = socket.socketpair()
+            pairs += [ours, theirs]
+            ours.setblocking(False)
+            sink = Sink(
+                ours, True, stream_framing, {job_id: have[job_id].version}, context, None, 10.0
+            )
+            watcher = Watcher([job_id], sink=sink)
+            watcher.parked = True
+            pending[job_id] = [watcher]
+        fanout._send(pending, {job_id: time.monotonic() for job_id in pending}, time.monotonic())
+        for theirs in pairs[1::2]:
+            assert b"event: delta" in theirs.recv(1 << 16)  # each stream got its change
+        assert len(entered) == 1
+    finally:
+        for sock in pairs:
+            sock.close()

@@ -8,13 +8,23 @@ each message is the freshly rendered fragment, with the record's version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator
 
 import redis
-from flask import Blueprint, Response, abort, current_app, render_template, request, session
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    has_request_context,
+    render_template,
+    request,
+    session,
+)
 from flask.ctx import RequestContext
 
 from headway.hub import HubUnavailable, Watcher
@@ -84,11 +94,19 @@ def _request_context():
     request and session (as `RequestContext.copy` does), so neither is parsed again.
 
     A stream holds no context while it waits: holding one across yields would tangle the
-    context stacks of streams that share a thread.
+    context stacks of streams that share a thread. Where a context is active already (the
+    fan-out holds one, in its own greenlet, for all it renders in a turn) it serves: what a
+    stream renders with another's context is what it renders for every watcher anyway.
     """
     app = current_app._get_current_object()
     req, sess = request._get_current_object(), session._get_current_object()
-    return lambda: _Rerouted(app, req.environ, request=req, session=sess)
+
+    def context():
+        if has_request_context():
+            return contextlib.nullcontext()
+        return _Rerouted(app, req.environ, request=req, session=sess)
+
+    return context
 
 
 class _Lease:
