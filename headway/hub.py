@@ -1,10 +1,12 @@
 """One Redis pub/sub subscription per web process, shared by all of its streams.
 
-The listener thread (a greenlet under gevent) receives "<job id> <owner>" on the changes
-channel and hands the job id to every Watcher that watches that job or that owner. A
-Watcher is a bounded, collapsing queue: it holds the set of changed ids (up to a cap, past
-which it asks for a full re-read) and wakes its stream; a burst of changes becomes one
-wake-up, and the stream re-reads the record, so the newest state is all that is ever sent.
+The listener thread (a greenlet under gevent) receives each change's notice ("<job id>
+<owner>", and most often the change itself: `Notice`) on the changes channel, hands it to
+the process's views (which apply it when next asked, rather than read), and the job id to
+every Watcher that watches that job or that owner. A Watcher is a bounded, collapsing
+queue: it holds the set of changed ids (up to a cap, past which it asks for a full re-read)
+and wakes its stream; a burst of changes becomes one wake-up, and the stream gets the
+newest view, so the newest state is all that is ever sent.
 
 After a lost connection the hub resubscribes by itself and wakes every watcher, because
 messages published during the outage are gone: re-reading the records catches up.
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
-from headway.store import CHANNEL
+from headway.store import CHANNEL, Notice
 
 log = logging.getLogger("headway.hub")
 
@@ -56,9 +58,11 @@ class Watcher:
         # later sees every change it was told about.
         self.changed_at = time.monotonic()
 
-    def notify(self, job_id: str | None) -> None:
+    def notify(self, job_id: str | None, at: float | None = None) -> None:
+        """Tell it a job changed (None: any may have), noticed at `at` (monotonic; now if
+        not given): a view that holds every change noticed until then serves it."""
         with self._lock:
-            self.changed_at = time.monotonic()
+            self.changed_at = max(self.changed_at, time.monotonic() if at is None else at)
             if job_id is None or len(self._pending) >= MAX_PENDING:
                 self._everything = True
                 self._pending.clear()
@@ -109,9 +113,11 @@ class ChangeHub:
         self._noticed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._forgotten = 0.0  # the newest notice time dropped from `_noticed`
         self._subscribed_at = math.inf
-        # Set by the web process: given each change's job id and the watchers whose sinks
-        # take it (headway/web/fanout.py).
-        self.fanout: Callable[[str, list[Watcher]], None] | None = None
+        # Set by the web process: given each change notice and when it came, before anyone
+        # is told of it (headway/web/views.py); and each change's job id, the watchers whose
+        # sinks take it and when it came (headway/web/fanout.py).
+        self.views: Callable[[Notice, float], None] | None = None
+        self.fanout: Callable[[str, list[Watcher], float], None] | None = None
 
     @property
     def watcher_count(self) -> int:
@@ -173,21 +179,24 @@ class ChangeHub:
         return max(noticed, self._subscribed_at)
 
     def _dispatch(self, data: str) -> None:
-        job_id, _, owner = data.partition(" ")
+        notice = Notice.parse(data)
+        job_id, at = notice.job_id, time.monotonic()
         with self._lock:
-            self._noticed[job_id] = time.monotonic()
+            self._noticed[job_id] = at
             self._noticed.move_to_end(job_id)
             if len(self._noticed) > NOTICES_KEPT:
                 self._forgotten = self._noticed.popitem(last=False)[1]
-            targets = self._by_job.get(job_id, set()) | self._by_owner.get(owner, set())
+            targets = self._by_job.get(job_id, set()) | self._by_owner.get(notice.owner, set())
+        if self.views:
+            self.views(notice, at)
         direct = []
         if self.fanout:
             direct = [w for w in targets if w.sink is not None and w.sink.takes(job_id)]
             targets.difference_update(direct)
         if direct:
-            self.fanout(job_id, direct)
+            self.fanout(job_id, direct, at)
         for watcher in targets:
-            watcher.notify(job_id)
+            watcher.notify(job_id, at)
 
     def _wake_all(self) -> None:
         with self._lock:

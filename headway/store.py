@@ -10,7 +10,9 @@ Keys (prefix `hw:`):
     hw:retention         sorted set: "<id>:<owner>" of finished jobs by removal time
     hw:queued            sorted set: ids of jobs created `queued`, by creation time (for their
                          place in the queue; headway/queueing.py drops those that left it)
-Every change publishes "<id> <owner>" on the channel `hw:changes`; readers re-read the hash.
+Every change publishes "<id> <owner>" on the channel `hw:changes`, and an update that is not
+too big the change itself (`Notice`): a reader that holds the version before applies it, and
+any other reads the hash.
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ RETENTION = "hw:retention"
 CONSUMERS = "hw:consumers"
 QUEUED = "hw:queued"
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+# The most bytes of an update (its fields, log lines and items, as JSON) that its notice
+# carries: the readers that hold the version before then apply it without reading. A notice
+# goes to every web process, whether it watches the job or not.
+NOTICE_MAX = 4096
 JOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 
 # KEYS: job, log, items, running, retention, item versions
 # ARGV: now, fields (JSON object of strings), log lines (JSON list), item pairs (JSON list),
-#       channel, log cap, retention seconds, heartbeat cutoff ("" for none)
+#       channel, log cap, retention seconds, heartbeat cutoff ("" for none), the most bytes
+#       of fields, lines and items a notice carries (`Notice`)
 # Returns {"ok", version, cancel_requested, status} or {reason, stored, attempted}.
 UPDATE_SCRIPT = """
 local job, logkey, itemskey, running, retention = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -112,7 +119,12 @@ elseif new_status == 'running' and f.heartbeat then
 elseif new_status == 'retrying' then
   redis.call('ZREM', running, cur[6])  -- waiting in Huey's schedule: no heartbeat to watch
 end
-redis.call('PUBLISH', ARGV[5], cur[6] .. ' ' .. cur[5])
+local notice = cur[6] .. ' ' .. cur[5]
+if #ARGV[2] + #ARGV[3] + #ARGV[4] <= tonumber(ARGV[9]) then
+  notice = notice .. ' ' .. version .. '\\n' .. now .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3]
+    .. '\\n' .. ARGV[4]
+end
+redis.call('PUBLISH', ARGV[5], notice)
 return {'ok', version, redis.call('HGET', job, 'cancel_requested') or '0', new_status}
 """
 
@@ -180,11 +192,60 @@ class Problem:
 @dataclasses.dataclass
 class Changes:
     """A job as read since a version: its state, the items changed after that version (all,
-    for a reader with none), and the log lines after the reader's count (oldest first)."""
+    for a reader with none), and the log lines after the reader's count (oldest first); and
+    its hash as it is now (`record`), to apply the next notice to."""
 
     state: JobState
     items: list[ItemProgress]
     log_lines: list[dict]
+    record: dict[str, str]
+
+    def then(self, later: Changes) -> Changes:
+        """This change and a later one, as one."""
+        items = {item.index: item for item in (*self.items, *later.items)}
+        return Changes(
+            later.state,
+            [items[index] for index in sorted(items)],
+            self.log_lines + later.log_lines,
+            later.record,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """A job's change notice, as the hub hears it: "<id> <owner>", and for an update of at
+    most `NOTICE_MAX` bytes, " <version>" and the update itself, as the script applied it:
+    "\n<now>\n<fields>\n<log lines>\n<item pairs>" (JSON never holds a raw line break)."""
+
+    job_id: str
+    owner: str
+    version: int | None = None  # None: the notice carries no change (read the record)
+    change: str = ""
+
+    @classmethod
+    def parse(cls, data: str) -> Notice:
+        head, _, change = data.partition("\n")
+        job_id, _, rest = head.partition(" ")
+        owner, _, version = rest.partition(" ")
+        if not (change and version.isdigit()):
+            return cls(job_id, owner)
+        return cls(job_id, owner, int(version), change)
+
+    def apply(self, record: dict[str, str]) -> Changes:
+        """The change, applied to the job's hash at the version before (`record`) exactly as
+        the update script applied it to the hash in Redis."""
+        now, fields, lines, pairs = self.change.split("\n")
+        record = {**record, **json.loads(fields), "updated_at": now}
+        record["version"] = str(self.version)
+        log_lines = [json.loads(line) for line in json.loads(lines)]
+        if log_lines:
+            record["log_total"] = str(int(record.get("log_total") or 0) + len(log_lines))
+        pairs = json.loads(pairs)
+        items = sorted(
+            (ItemProgress.parse(i, v) for i, v in zip(pairs[::2], pairs[1::2], strict=True)),
+            key=lambda item: item.index,
+        )
+        return Changes(JobState.from_hash(record), items, log_lines, record)
 
 
 @dataclasses.dataclass
@@ -411,6 +472,7 @@ class JobStore:
                 self.settings.log_lines,
                 self.settings.retention_seconds,
                 "" if heartbeat_cutoff is None else f"{heartbeat_cutoff:.3f}",
+                NOTICE_MAX,
             ],
         )
         if raw[0] == "ok":
@@ -523,7 +585,7 @@ class JobStore:
                 key=lambda item: item.index,
             )
             changes[job_id] = Changes(
-                JobState.from_hash(h), items, [json.loads(line) for line in lines]
+                JobState.from_hash(h), items, [json.loads(line) for line in lines], h
             )
         return changes
 

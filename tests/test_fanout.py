@@ -136,11 +136,21 @@ def test_waiting_streams_get_every_change_as_the_server_would_frame_it(server, s
         reporter.flush()
         written.append(store.get(job_id).version)
         time.sleep(0.15)  # the streams wait again before the next one
+        if i == 0:  # every stream has begun, and read the job once, as each must
+            deadline = time.monotonic() + 30
+            while not all(len(r.messages) == 1 + (r in job_streams) for r in readers):
+                assert time.monotonic() < deadline, "the first change did not reach them all"
+                time.sleep(0.05)
+            store.client.config_resetstat()
     reporter.flush(status="succeeded", finished_at=time.time())
     final = store.get(job_id).version
     for reader in job_streams:
         reader.join(30)
         assert not reader.is_alive(), "the stream did not end with the final state"
+    # The web process applied each later change as its notice carried it: no read (a
+    # read of a change that has log lines asks for them with LRANGE).
+    assert "cmdstat_lrange" not in store.client.info("commandstats")
+    for reader in job_streams:
         # Every version as a change from the one before, then the final state whole.
         assert reader.versions("delta") == written
         assert reader.versions("done") == [final]
@@ -475,7 +485,8 @@ def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, s
             watcher = Watcher([job_id], sink=sink)
             watcher.parked = True
             pending[job_id] = [watcher]
-        fanout._send(pending, {job_id: time.monotonic() for job_id in pending}, time.monotonic())
+        now = {job_id: time.monotonic() for job_id in pending}
+        fanout._send(pending, now, now)
         for theirs in pairs[1::2]:
             assert b"event: delta" in theirs.recv(1 << 16)  # each stream got its change
         assert len(entered) == 1

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from headway.connection import redis_client
 from headway.settings import Settings
-from headway.store import JobStore, new_job_id
+from headway.store import (
+    CHANNEL,
+    NOTICE_MAX,
+    ItemProgress,
+    JobStore,
+    Notice,
+    format_log_line,
+    new_job_id,
+)
 
 FINAL = ["succeeded", "failed", "cancelled", "interrupted"]
 
@@ -191,3 +199,61 @@ def test_read_since_survives_a_redis_that_lost_its_scripts(store):
     store.client.script_flush()
     changes = store.read_since({job_id: None, "0" * 32: None})
     assert changes[job_id].state.message == "after" and changes["0" * 32] is None
+
+
+# One update as a worker makes it: some fields, some log lines, some items (new or changed).
+change = st.tuples(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "message": st.text(max_size=40),
+            "current": st.text(max_size=40),
+            "done": st.integers(0, 10**6),
+            "eta": st.none() | st.floats(0, 1e6, allow_nan=False),
+            "files": st.lists(st.fixed_dictionaries({"name": st.text(max_size=10)}), max_size=2),
+        },
+    ),
+    st.lists(st.text(max_size=30), max_size=3),
+    st.dictionaries(
+        st.integers(0, 12),
+        st.builds(ItemProgress, st.text(max_size=12), st.floats(0, 100), st.just("running")),
+        max_size=4,
+    ),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(changes=st.lists(change, min_size=1, max_size=6), big=st.integers(0, 5))
+def test_a_notice_applied_to_the_version_before_is_what_a_read_finds(store, changes, big):
+    """Each update's notice carries the update; applied to the record at the version
+    before, it gives what a read since that version gives. An update too big for a
+    notice carries none, and its readers read."""
+    job_id = make_job(store)
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    assert pubsub.get_message(timeout=5) is None  # (the subscription's confirmation)
+    before = store.read_since({job_id: None})[job_id]
+    try:
+        for i, (fields, lines, items) in enumerate(changes):
+            if i == big:
+                fields = {**fields, "message": "x" * NOTICE_MAX}
+            lines = [format_log_line(line) for line in lines]
+            assert store.update(job_id, fields, log_lines=lines, items=items).ok
+            notice = Notice.parse(pubsub.get_message(timeout=5)["data"])
+            seen = (before.state.version, before.state.log_total)
+            after = store.read_since({job_id: seen})[job_id]
+            assert (notice.job_id, notice.owner) == (job_id, "owner-a")
+            if i == big:
+                assert notice.version is None
+            else:
+                assert notice.version == after.state.version == before.state.version + 1
+                applied = notice.apply(before.record)
+                assert applied.record == after.record
+                assert applied.state == after.state
+                assert applied.items == after.items
+                assert applied.log_lines == after.log_lines
+            before = after
+    finally:
+        pubsub.close()

@@ -263,18 +263,96 @@ def test_sse_fields_never_carry_line_breaks():
 
 
 def test_streams_of_one_job_share_one_read_per_change(web, store):
+    """A change its notice carries reaches every stream without a read; one too big for a
+    notice is read once for all the streams of the process."""
+    from headway.store import NOTICE_MAX
+
     job_id = new_job(store)
     streams = [open_stream(web, job_id)[1] for _ in range(10)]
     for events in streams:
         events.next_event()
-    store.client.config_resetstat()
-    store.update(job_id, {"progress": 50.0})
-    versions = {events.next_event()["id"] for events in streams}
-    assert versions == {str(store.get(job_id).version)}
-    stats = store.client.info("commandstats")
-    assert stats["cmdstat_zrangebyscore"]["calls"] == 1  # one read for ten streams
+    changes = [({"progress": 50.0}, "50 %", 0), ({"message": "x" * NOTICE_MAX}, "x" * 99, 1)]
+    for fields, shown, reads in changes:
+        store.client.config_resetstat()
+        store.update(job_id, fields)
+        received = [events.next_event() for events in streams]
+        assert {event["id"] for event in received} == {str(store.get(job_id).version)}
+        assert all(shown in event["data"] for event in received)
+        stats = store.client.info("commandstats")
+        assert stats.get("cmdstat_zrangebyscore", {}).get("calls", 0) == reads
     for events in streams:
         events.close()
+
+
+def test_a_view_catches_up_from_its_notices_and_reads_when_they_fall_short(store):
+    """A view applies the changes its job's notices carry, without a read, and holds what
+    a read gives; it reads when a notice is missing (lost with a connection), carries no
+    change (too big for one), or came before the moment asked for."""
+    import contextlib
+    import dataclasses
+
+    from headway.store import NOTICE_MAX, ItemProgress, Notice, format_log_line
+    from headway.web.views import JobViews
+
+    job_id = with_items(store, 10)
+    app = create_app({"TESTING": True})
+    views = JobViews(store)  # fed by hand here (the app's hub feeds the app's own)
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    assert pubsub.get_message(timeout=5) is None  # (the subscription's confirmation)
+
+    def update(fields: dict, **change) -> tuple[float, Notice]:
+        store.update(job_id, fields, **change)
+        notice = Notice.parse(pubsub.get_message(timeout=5)["data"])
+        return time.monotonic(), notice
+
+    def view(views: JobViews, not_before: float):
+        store.client.config_resetstat()
+        with app.test_request_context("/"):
+            got = views.get([job_id], not_before, contextlib.nullcontext)[job_id]
+        stats = store.client.info("commandstats")
+        return got, stats.get("cmdstat_evalsha", {}).get("calls", 0)  # each read runs a script
+
+    def as_read(got) -> None:
+        read, _ = view(JobViews(store), time.monotonic())
+        assert (got.state, got.items, got.log_lines) == (read.state, read.items, read.log_lines)
+
+    try:
+        first, _ = view(views, time.monotonic())
+        heard = [
+            update({"progress": 20.0}, items={2: ItemProgress("file-2.jpg", 100.0, "done")}),
+            update({"current": "file-3.jpg"}, log_lines=[format_log_line("file-2.jpg: done")]),
+            update({"progress": 30.0, "message": "Going"}),
+        ]
+        for at, notice in heard:
+            views.notice(notice, at)
+        caught_up, reads = view(views, heard[-1][0])
+        assert reads == 0 and caught_up.version == first.version + 3
+        assert caught_up.base == first.version  # one step, as a read would make it
+        as_read(caught_up)
+
+        _, reads = view(views, time.monotonic())  # a moment after the last notice
+        assert reads == 1
+
+        update({"progress": 40.0})  # its notice is lost
+        missing = update({"progress": 50.0})
+        views.notice(missing[1], missing[0])
+        got, reads = view(views, missing[0])
+        assert reads == 1 and got.state.progress == 50.0
+        as_read(got)
+
+        at, notice = update({"progress": 60.0})
+        views.notice(dataclasses.replace(notice, change="not\na change"), at)  # not ours
+        got, reads = view(views, at)
+        assert reads == 1 and got.state.progress == 60.0
+
+        big = update({"message": "x" * NOTICE_MAX})
+        assert big[1].version is None
+        views.notice(big[1], big[0])
+        got, reads = view(views, big[0])
+        assert reads == 1 and got.state.message == "x" * NOTICE_MAX
+    finally:
+        pubsub.close()
 
 
 def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):

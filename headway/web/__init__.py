@@ -259,6 +259,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     store = JobStore(client, settings)
     store.storage  # noqa: B018  (an S3 client is made now, at start, not on a first upload)
     hub, views = ChangeHub(subscriber_client(settings.redis_url)), JobViews(store)
+    hub.views = views.notice  # views catch up from the notices, without reading
     hub.fanout = Fanout(views)  # streams that wait are written to straight from there
     app.extensions["headway"] = Services(
         settings=settings,

@@ -1,15 +1,16 @@
 """Fan-out: each change written once per stream, straight to its socket, by one greenlet.
 
-A stream is a greenlet that sends what its browser lacks. Waking a thousand of them for one
-change, to have each look up the same message and hand it to the WSGI server, costs more
-than the writes themselves. So, under gunicorn's gevent worker, a stream that waits gives
-its socket to the process's fan-out (a `Sink`): when a job changes, the fan-out reads and
-renders it once (the shared view), then writes pre-framed bytes to every waiting stream,
-one non-blocking write each: the change since the version the stream has (the version
-before, for a stream that keeps up; the whole state, for one at a version the process
-never read), made and framed once for each version that streams have. A stream that fell
-behind thus catches up for the price of keeping up. The fan-out wakes the stream greenlet
-only when it must act itself:
+A stream is a greenlet that sends what its browser lacks. Waking a thousand of them for
+one change, to have each look up the same message and hand it to the WSGI server, costs
+more than the writes themselves. So, under gunicorn's gevent worker, a stream that waits
+gives its socket to the process's fan-out (a `Sink`): when a job changes, the fan-out
+brings the shared view up to date once (from the change's notice, or by reading) and
+renders it once, then writes pre-framed bytes to every waiting stream, one non-blocking
+write each: the change since the version the stream has (the version before, for a stream
+that keeps up; the whole state, for one at a version the process never read), made and
+framed once for each version that streams have. A stream that fell behind thus catches up
+for the price of keeping up. The fan-out wakes the stream greenlet only when it must act
+itself:
 
 - it is not waiting (it is sending something else): it catches up by itself once done,
   the same way;
@@ -222,7 +223,7 @@ class Fanout:
         self.times: collections.deque[float] = collections.deque(maxlen=timed)
         self._pending: dict[str, list[Watcher]] = {}
         self._noticed: dict[str, float] = {}  # of each pending job: its first notice
-        self._noticed_at = 0.0
+        self._latest: dict[str, float] = {}  # and its latest
         self._ending: collections.deque[tuple[Watcher, str]] = collections.deque()
         # The waiting streams it keeps, by when to look at each next (a heap; a stream that
         # woke meanwhile is dropped when its turn comes, and kept again when it next waits).
@@ -232,12 +233,13 @@ class Fanout:
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, job_id: str, watchers: list[Watcher]) -> None:
-        """Take a change of `job_id` for `watchers` (from the hub, as the notice arrives)."""
+    def __call__(self, job_id: str, watchers: list[Watcher], at: float) -> None:
+        """Take a change of `job_id` for `watchers`, noticed at `at` (from the hub, as the
+        notice arrives)."""
         with self._lock:
             self._pending.setdefault(job_id, []).extend(watchers)
-            self._noticed_at = time.monotonic()
-            self._noticed.setdefault(job_id, self._noticed_at)
+            self._noticed.setdefault(job_id, at)
+            self._latest[job_id] = at
             self._start()
         self._event.set()
 
@@ -269,7 +271,7 @@ class Fanout:
                 self._event.clear()
                 pending, self._pending = self._pending, {}
                 noticed, self._noticed = self._noticed, {}
-                noticed_at = self._noticed_at
+                latest, self._latest = self._latest, {}
             if not pending:
                 try:
                     self._look_after()
@@ -278,7 +280,7 @@ class Fanout:
                 self._end_some()
                 continue
             try:
-                self._send(pending, noticed, noticed_at)
+                self._send(pending, noticed, latest)
             except Exception as exc:
                 if isinstance(exc, redis.RedisError):  # the streams say so, each as it ends
                     log.debug("fan-out could not read: %s", exc)
@@ -289,10 +291,15 @@ class Fanout:
                         watcher.notify(job_id)
 
     def _send(
-        self, pending: dict[str, list[Watcher]], noticed: dict[str, float], noticed_at: float
+        self,
+        pending: dict[str, list[Watcher]],
+        noticed: dict[str, float],
+        latest: dict[str, float],
     ) -> None:
-        # The changes noticed so far, a few jobs at a time: each few read in one round trip
-        # and rendered once, then written, so the first jobs of a burst wait for no others.
+        # The changes noticed so far, a few jobs at a time: each few brought up to date
+        # together (from their notices, or read in one round trip) and rendered once, then
+        # written, so the first jobs of a burst wait for no others. A view holds a change
+        # once it holds every one noticed until the job's latest notice.
         # One context for all of it (a stream's: what is rendered here is the same for
         # every watcher); a context each time was a tenth of the work of a change.
         context = next(iter(pending.values()))[0].sink.context
@@ -300,18 +307,24 @@ class Fanout:
         with context():
             for first in range(0, len(job_ids), BATCH):
                 batch = job_ids[first : first + BATCH]
-                views = self.views.get(batch, noticed_at, context)
+                views = self.views.get(batch, latest, context)
                 for job_id in batch:
-                    self._write(job_id, views.get(job_id), pending[job_id], noticed[job_id])
+                    watchers, at = pending[job_id], (noticed[job_id], latest[job_id])
+                    self._write(job_id, views.get(job_id), watchers, *at)
 
     def _write(
-        self, job_id: str, view: JobView | None, watchers: list[Watcher], noticed: float
+        self,
+        job_id: str,
+        view: JobView | None,
+        watchers: list[Watcher],
+        noticed: float,
+        latest: float,
     ) -> None:
         written, change = 0, None if view is None else Change(view)
         for watcher in watchers:
             sink = watcher.sink
             if change is None or not watcher.parked:
-                watcher.notify(job_id)
+                watcher.notify(job_id, latest)
             elif sink.sent.get(job_id) == change.version:
                 continue  # it has this version (noticed twice before the read)
             elif sink.write(change):
@@ -319,7 +332,7 @@ class Fanout:
                 if sink.ended:  # its last message: the stream ends, once there is time
                     self._ending.append((watcher, job_id))
             else:
-                watcher.notify(job_id)
+                watcher.notify(job_id, latest)
         if written:
             self.times.append(time.monotonic() - noticed)
 

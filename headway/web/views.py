@@ -3,10 +3,13 @@ that bring a stream up to date: the change since the version before, or the whol
 
 The job page is made of parts: the status line, the meter (bar and percent), the stages,
 each fact (counts, rate, time left...), the outcome (problems, downloads or Retry, Cancel),
-each item bar and the log. When a job changes, one read (of every job that changed
-together, in one round trip) fetches the record, the items changed since the version held
-(each item carries the version that last changed it) and the log lines added since; each
-part is rendered again only if a field it reads changed, and the change is the parts whose
+each item bar and the log. When a job changes, its view applies the change the notice
+carries (the update's fields, items and log lines: the hub hands in every notice, see
+`headway/store.py`), with no read. Where the notices fall short (one was too big to carry
+its change, or was lost with a connection), one read (of every job that changed together,
+in one round trip) fetches the record, the items changed since the version held (each item
+carries the version that last changed it) and the log lines added since. Each part is
+rendered again only if a field it reads changed, and the change is the parts whose
 markup differs from the version before, the changed items and the new log lines, as
 out-of-band swaps. A view also keeps what the page looked like at the versions this process
 read before it (`TRAIL` of them): a stream that fell behind (it was busy, or its socket was
@@ -21,17 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import flask.templating
 from flask import current_app
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
-from headway.store import ItemProgress, JobState, JobStore
+from headway.store import Changes, ItemProgress, JobState, JobStore, Notice
+
+log = logging.getLogger("headway.views")
 
 # Parts sent when their markup changed (templates/partials/<name>.html), besides the facts.
 PARTS = ("job_summary", "job_meter", "job_stages", "job_outcome")
@@ -122,6 +128,7 @@ class JobView:
 
     read_at: float  # monotonic time the read began: it holds every change notified before
     state: JobState
+    record: dict[str, str]  # the hash `state` was parsed from: a notice applies to it
     items: dict[int, ItemProgress]
     log_lines: list[dict]  # oldest first, the newest `log_cap`
     log_cap: int
@@ -335,17 +342,25 @@ def _ordered(items: dict[int, ItemProgress]) -> list[ItemProgress]:
 
 
 class JobViews:
-    """The process's views by job id, refreshed no more than once per change."""
+    """The process's views by job id, refreshed no more than once per change: from the
+    change notices the hub hands in (`notice`), or else by reading."""
 
     def __init__(self, store: JobStore, max_entries: int = 4096):
         self.store = store
         self.max_entries = max_entries
         self._views: dict[str, JobView] = {}
         self._lock = threading.Lock()  # one refresh at a time; waiters reuse its result
+        # The notices of each held view's job not applied yet, with when each came.
+        self._notices: dict[str, list[tuple[float, Notice]]] = {}
+        self._notices_lock = threading.Lock()  # (never held across a read: the hub takes it)
 
-    def get(self, job_ids: Iterable[str], not_before: float, context) -> dict[str, JobView]:
-        """The views of `job_ids` read no earlier than `not_before` (monotonic); jobs that
-        are gone are left out. Stale ones are read together, in one round trip."""
+    def get(
+        self, job_ids: Iterable[str], not_before: float | Mapping[str, float], context
+    ) -> dict[str, JobView]:
+        """The views of `job_ids` that hold every change notified before `not_before`
+        (monotonic; one moment for all, or one for each job); jobs that are gone are left
+        out. Stale ones catch up from their notices, or are read together, in one round
+        trip."""
         job_ids = list(job_ids)
         views = self._fresh(job_ids, not_before)
         if len(views) < len(job_ids):
@@ -353,39 +368,95 @@ class JobViews:
                 views = self._fresh(job_ids, not_before)
                 stale = [job_id for job_id in job_ids if job_id not in views]
                 if stale:
-                    views.update(self._refresh(stale, context))
+                    views.update(self._refresh(stale, not_before, context))
         return views
+
+    def notice(self, notice: Notice, at: float) -> None:
+        """Keep a job's change notice, heard at `at` (the hub hands each in before it tells
+        anyone of it), if this process holds a view of the job: the next `get` applies it
+        rather than reading. A view nobody asks for keeps a few; then it is read again."""
+        if notice.job_id in self._views:
+            with self._notices_lock:
+                kept = self._notices.setdefault(notice.job_id, [])
+                if len(kept) >= TRAIL:
+                    kept.clear()
+                kept.append((at, notice))
 
     def forget(self, job_id: str) -> None:
         """Drop what this process holds of a job (removed here: its change notice may still
         be on its way)."""
         with self._lock:
-            self._views.pop(job_id, None)
+            self._drop(job_id)
 
-    def _fresh(self, job_ids: list[str], not_before: float) -> dict[str, JobView]:
+    def _drop(self, job_id: str) -> None:
+        self._views.pop(job_id, None)
+        with self._notices_lock:
+            self._notices.pop(job_id, None)
+
+    def _fresh(
+        self, job_ids: list[str], not_before: float | Mapping[str, float]
+    ) -> dict[str, JobView]:
         views = {}
         for job_id in job_ids:
             view = self._views.get(job_id)
-            if view is not None and view.read_at >= not_before:
+            if view is not None and view.read_at >= _moment(not_before, job_id):
                 views[job_id] = view
         return views
 
-    def _refresh(self, job_ids: list[str], context) -> dict[str, JobView]:
+    def _caught_up(
+        self, view: JobView, not_before: float
+    ) -> tuple[float, Changes] | JobView | None:
+        """What the notices of `view`'s job, heard since it was read, bring: the change
+        since and when the last came (or `view` itself, with nothing new). None if they do
+        not hold every change notified before `not_before`: one carried no change, one is
+        missing, or none came since that moment (only a read can tell)."""
+        with self._notices_lock:
+            notices = self._notices.pop(view.state.id, [])
+        if not notices or notices[-1][0] < not_before:
+            return None
+        change, version = None, view.version
+        for _, notice in notices:
+            if notice.version is None or notice.version > version + 1:
+                return None
+            if notice.version == version + 1:
+                try:
+                    applied = notice.apply(view.record if change is None else change.record)
+                except (ValueError, TypeError, KeyError) as exc:  # not the update script's
+                    log.warning(
+                        "job %s: a notice that does not apply (%r); read", view.state.id, exc
+                    )
+                    return None
+                change, version = applied if change is None else change.then(applied), version + 1
+        if change is None:  # the view was read after all of them: it holds them
+            view.read_at = max(view.read_at, notices[-1][0])
+            return view
+        return notices[-1][0], change
+
+    def _refresh(
+        self, job_ids: list[str], not_before: float | Mapping[str, float], context
+    ) -> dict[str, JobView]:
         from headway.web import reap_if_stale
 
-        read_at = time.monotonic()
         held = {job_id: self._views.get(job_id) for job_id in job_ids}
-        changes = self.store.read_since(
-            {j: None if v is None else (v.version, v.state.log_total) for j, v in held.items()}
-        )
         fresh: dict[str, JobView] = {}
+        changes: dict[str, tuple[float, Changes | None]] = {}  # and when they held
+        for job_id, view in held.items():
+            caught_up = None if view is None else self._caught_up(view, _moment(not_before, job_id))
+            if isinstance(caught_up, JobView):
+                fresh[job_id] = caught_up
+            elif caught_up is not None:
+                changes[job_id] = caught_up
+        unread = {j: _seen(v) for j, v in held.items() if j not in fresh and j not in changes}
+        if unread:
+            read_at = time.monotonic()
+            changes |= {j: (read_at, c) for j, c in self.store.read_since(unread).items()}
         with context():
-            for job_id, change in changes.items():
+            for job_id, (read_at, change) in changes.items():
                 if change is not None and reap_if_stale(change.state) is not change.state:
                     # Just marked interrupted: read its last words too.
                     change = self.store.read_since({job_id: _seen(held[job_id])})[job_id]
                 if change is None:
-                    self._views.pop(job_id, None)
+                    self._drop(job_id)
                     continue
                 view = held[job_id]
                 if view is not None and change.state.version == view.version:
@@ -396,15 +467,19 @@ class JobViews:
                     view, change, read_at, self.store.settings.log_lines
                 )
         while len(self._views) > self.max_entries:
-            self._views.pop(next(iter(self._views)))
+            self._drop(next(iter(self._views)))
         return fresh
+
+
+def _moment(not_before: float | Mapping[str, float], job_id: str) -> float:
+    return not_before if isinstance(not_before, float | int) else not_before[job_id]
 
 
 def _seen(view: JobView | None) -> tuple[int, int] | None:
     return None if view is None else (view.version, view.state.log_total)
 
 
-def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView:
+def _next_view(old: JobView | None, change: Changes, read_at: float, cap: int) -> JobView:
     """The view after `change`, with what the page showed at `old` and the versions before
     it: the changes from those are made when a stream first asks for one."""
     state = change.state
@@ -415,7 +490,7 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
     log_lines = ((old.log_lines if old else []) + change.log_lines)[-cap:]
     rendered, reads = _parts(state, old)
     if old is None:
-        return JobView(read_at, state, items, log_lines, cap, rendered, reads)
+        return JobView(read_at, state, change.record, items, log_lines, cap, rendered, reads)
     step = Earlier(
         old.version,
         old.parts,
@@ -423,4 +498,4 @@ def _next_view(old: JobView | None, change, read_at: float, cap: int) -> JobView
         None if new_items else frozenset(item.index for item in change.items),
     )
     earlier = (step, *old.earlier[: TRAIL - 1])
-    return JobView(read_at, state, items, log_lines, cap, rendered, reads, earlier)
+    return JobView(read_at, state, change.record, items, log_lines, cap, rendered, reads, earlier)
