@@ -17,12 +17,14 @@ any other reads the hash.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -231,21 +233,22 @@ class Notice:
             return cls(job_id, owner)
         return cls(job_id, owner, int(version), change)
 
-    def apply(self, record: dict[str, str]) -> Changes:
-        """The change, applied to the job's hash at the version before (`record`) exactly as
-        the update script applied it to the hash in Redis."""
+    def apply(self, state: JobState, record: dict[str, str]) -> Changes:
+        """The change, applied to the job at the version before (its `state`, parsed from
+        its hash, `record`) exactly as the update script applied it to the hash in Redis."""
         now, fields, lines, pairs = self.change.split("\n")
-        record = {**record, **json.loads(fields), "updated_at": now}
-        record["version"] = str(self.version)
+        fields = {**json.loads(fields), "updated_at": now, "version": str(self.version)}
         log_lines = [json.loads(line) for line in json.loads(lines)]
         if log_lines:
-            record["log_total"] = str(int(record.get("log_total") or 0) + len(log_lines))
+            before = fields.get("log_total", record.get("log_total"))
+            fields["log_total"] = str(int(before or 0) + len(log_lines))
+        record = {**record, **fields}
         pairs = json.loads(pairs)
         items = sorted(
             (ItemProgress.parse(i, v) for i, v in zip(pairs[::2], pairs[1::2], strict=True)),
             key=lambda item: item.index,
         )
-        return Changes(JobState.from_hash(record), items, log_lines, record)
+        return Changes(state.updated(fields), items, log_lines, record)
 
 
 @dataclasses.dataclass
@@ -305,53 +308,77 @@ class JobState:
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobState:
-        def num(key, default=0.0):
-            value = h.get(key, "")
-            return float(value) if value not in ("", None) else default
+        return cls(id=h["id"], **{name: parse(h.get(name)) for name, parse in FIELDS.items()})
 
-        def opt(key):
-            value = h.get(key, "")
-            return float(value) if value else None
+    def updated(self, fields: dict[str, str]) -> JobState:
+        """This state with some of its hash's fields set anew (the others parsed once)."""
+        state = copy.copy(self)
+        for name, value in fields.items():
+            if name in FIELDS:
+                setattr(state, name, FIELDS[name](value))
+        return state
 
-        return cls(
-            id=h["id"],
-            kind=h.get("kind", ""),
-            owner=h.get("owner", ""),
-            title=h.get("title", ""),
-            status=h.get("status", "queued"),
-            progress=num("progress"),
-            stage=h.get("stage", ""),
-            stages=json.loads(h.get("stages") or "[]"),
-            stage_index=int(num("stage_index")),
-            message=h.get("message", ""),
-            done=int(num("done")),
-            total=int(num("total")),
-            failed=int(num("failed")),
-            current=h.get("current", ""),
-            rate=num("rate"),
-            rate_unit=h.get("rate_unit", "items"),
-            eta=opt("eta"),
-            created_at=num("created_at"),
-            started_at=opt("started_at"),
-            updated_at=num("updated_at"),
-            finished_at=opt("finished_at"),
-            heartbeat=opt("heartbeat"),
-            attempt=int(num("attempt", 1)),
-            error=h.get("error", ""),
-            files=json.loads(h.get("files") or "[]"),
-            version=int(num("version")),
-            cancel_requested=h.get("cancel_requested") == "1",
-            retry_of=h.get("retry_of", ""),
-            retried_as=h.get("retried_as", ""),
-            params=json.loads(h.get("params") or "{}"),
-            inputs=json.loads(h.get("inputs") or "[]"),
-            log_total=int(num("log_total")),
-            worker=h.get("worker", ""),
-            queue_ahead=int(h["queue_ahead"]) if h.get("queue_ahead") else None,
-            queue_eta=opt("queue_eta"),
-            problems=[Problem(*p) for p in json.loads(h.get("problems") or "[]")],
-            retried_items_as=h.get("retried_items_as", ""),
-        )
+
+def _text(default: str = "") -> Callable[[str | None], str]:
+    return lambda value: default if value is None else value
+
+
+def _number(default: float = 0.0) -> Callable[[str | None], float]:
+    return lambda value: float(value) if value not in ("", None) else default
+
+
+def _whole(default: int = 0) -> Callable[[str | None], int]:
+    return lambda value: int(float(value)) if value not in ("", None) else default
+
+
+def _optional(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _json(empty: str) -> Callable[[str | None], Any]:
+    return lambda value: json.loads(value or empty)
+
+
+# How each field of a job's hash (by the JobState attribute it fills) is parsed; a missing
+# field (None) takes the default.
+FIELDS: dict[str, Callable[[str | None], Any]] = {
+    "kind": _text(),
+    "owner": _text(),
+    "title": _text(),
+    "status": _text("queued"),
+    "progress": _number(),
+    "stage": _text(),
+    "stages": _json("[]"),
+    "stage_index": _whole(),
+    "message": _text(),
+    "done": _whole(),
+    "total": _whole(),
+    "failed": _whole(),
+    "current": _text(),
+    "rate": _number(),
+    "rate_unit": _text("items"),
+    "eta": _optional,
+    "created_at": _number(),
+    "started_at": _optional,
+    "updated_at": _number(),
+    "finished_at": _optional,
+    "heartbeat": _optional,
+    "attempt": _whole(1),
+    "error": _text(),
+    "files": _json("[]"),
+    "version": _whole(),
+    "cancel_requested": lambda value: value == "1",
+    "retry_of": _text(),
+    "retried_as": _text(),
+    "params": _json("{}"),
+    "inputs": _json("[]"),
+    "log_total": _whole(),
+    "worker": _text(),
+    "queue_ahead": lambda value: int(value) if value else None,
+    "queue_eta": _optional,
+    "problems": lambda value: [Problem(*p) for p in json.loads(value or "[]")],
+    "retried_items_as": _text(),
+}
 
 
 def new_job_id() -> str:

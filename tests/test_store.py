@@ -211,6 +211,10 @@ change = st.tuples(
             "done": st.integers(0, 10**6),
             "eta": st.none() | st.floats(0, 1e6, allow_nan=False),
             "files": st.lists(st.fixed_dictionaries({"name": st.text(max_size=10)}), max_size=2),
+            "stages": st.lists(st.text(max_size=10), max_size=3),
+            "queue_ahead": st.none() | st.integers(0, 50),
+            "cancel_requested": st.booleans(),
+            "worker": st.text(max_size=20),
         },
     ),
     st.lists(st.text(max_size=30), max_size=3),
@@ -249,7 +253,7 @@ def test_a_notice_applied_to_the_version_before_is_what_a_read_finds(store, chan
                 assert notice.version is None
             else:
                 assert notice.version == after.state.version == before.state.version + 1
-                applied = notice.apply(before.record)
+                applied = notice.apply(before.state, before.record)
                 assert applied.record == after.record
                 assert applied.state == after.state
                 assert applied.items == after.items
