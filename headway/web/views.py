@@ -276,28 +276,23 @@ def _parts(job: JobState, old: JobView | None) -> tuple[dict[str, str], dict[str
     """Every part of the page that is not an item or a log line, ready to swap in, and the
     fields each read. A part whose fields all hold what they held in `old` is not rendered
     again: most parts read a few fields, and most changes move a few."""
-    fact = current_app.jinja_env.get_template("partials/job_fact.html").module.fact
-    renders = {name: functools.partial(_render_part, name) for name in PARTS}
-    for key in fact_keys(job):
-        renders[f"fact:{key}"] = functools.partial(_render_fact, fact, key)
     parts: dict[str, str] = {}
     reads: dict[str, dict] = {}
-    for name, render in renders.items():
+    fact = None
+    for name in (*PARTS, *(f"fact:{key}" for key in fact_keys(job))):
         before = old.reads.get(name) if old is not None else None
         if before is not None and all(getattr(job, f) == v for f, v in before.items()):
             parts[name], reads[name] = old.parts[name], before
+            continue
+        reading = _Reading(job)
+        if name in PARTS:
+            parts[name] = _render(name, job=reading, shared=True, oob=True)
         else:
-            reading = _Reading(job)
-            parts[name], reads[name] = render(reading), reading.reads
+            if fact is None:
+                fact = current_app.jinja_env.get_template("partials/job_fact.html").module.fact
+            parts[name] = str(fact(reading, name.removeprefix("fact:"), True)).strip()
+        reads[name] = reading.reads
     return parts, reads
-
-
-def _render_part(name: str, job: _Reading) -> str:
-    return _render(name, job=job, shared=True, oob=True)
-
-
-def _render_fact(fact, key: str, job: _Reading) -> str:
-    return str(fact(job, key, True)).strip()
 
 
 def _changed_parts(old: dict[str, str], new: dict[str, str], job: JobState) -> list[str]:
@@ -420,7 +415,8 @@ class JobViews:
                 return None
             if notice.version == version + 1:
                 try:
-                    applied = notice.apply(view.record if change is None else change.record)
+                    before = view if change is None else change
+                    applied = notice.apply(before.state, before.record)
                 except (ValueError, TypeError, KeyError) as exc:  # not the update script's
                     log.warning(
                         "job %s: a notice that does not apply (%r); read", view.state.id, exc
