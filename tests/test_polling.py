@@ -101,3 +101,12 @@ def test_a_removed_job_is_404_to_polls_at_once(web, store):
     store.remove(job_id, OWNER)  # as another process would: only the notice tells this one
     wait_for(lambda: web.get(f"/api/jobs/{job_id}").status_code == 404)
     assert web.get(f"/jobs/{job_id}/progress").status_code == 404
+
+
+def test_the_polled_regions_cancel_form_says_it_polls(web, store):
+    """A polled region's parts are its own: its Cancel form says the page polls, so that
+    the answer to the cancel keeps polling."""
+    job_id = running_job(store)
+    fragment = web.get(f"/jobs/{job_id}/progress").get_data(as_text=True)
+    assert 'id="cancel-form"' in fragment
+    assert '<input type="hidden" name="polling" value="1">' in fragment

@@ -99,6 +99,33 @@ def test_a_change_carries_the_parts_whose_fields_changed_and_no_others(web, stor
     assert 'id="job-summary"' in said and "Halfway" in said and "job-fact-current" not in said
 
 
+def test_the_whole_region_places_the_parts_its_changes_carry(store):
+    """Each part is rendered once per version: the whole region (a new stream's first
+    message) places its markup as it is, and a change carries that same markup as an
+    out-of-band swap."""
+    import contextlib
+
+    from headway.web.streams import stream_framing
+    from headway.web.views import JobViews
+
+    job_id = with_items(store, 3)
+    app = create_app({"TESTING": True})
+    views = JobViews(store)
+    with app.test_request_context("/"):
+        before = views.get([job_id], time.monotonic(), contextlib.nullcontext)[job_id]
+        store.update(job_id, {"progress": 40.0, "message": "Reading"})
+        view = views.get([job_id], time.monotonic(), contextlib.nullcontext)[job_id]
+        whole = view.message(stream_framing, None, contextlib.nullcontext).decode()
+        change = view.message(stream_framing, before.version, contextlib.nullcontext).decode()
+    assert "\nevent: progress\n" in whole and "\nevent: delta\n" in change
+    assert "hx-swap-oob" not in whole
+    for name, markup in view.parts.items():
+        assert markup in whole, name
+    for name in ("job_meter", "job_summary"):
+        root, rest = view.parts[name].split(">", 1)
+        assert f'{root} hx-swap-oob="outerHTML">{rest}' in change
+
+
 def test_headers_and_retry_hint_go_out_at_once(web, store):
     job_id = new_job(store)
     response, events = open_stream(web, job_id)

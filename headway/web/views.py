@@ -210,14 +210,25 @@ class JobView:
     def _whole(self, context) -> str:
         with context():
             return render_job_progress(
-                self.state, _ordered(self.items), self.log_lines, self.log_cap, shared=True
+                self.state,
+                _ordered(self.items),
+                self.log_lines,
+                self.log_cap,
+                shared=True,
+                parts=self.parts,
             )
 
 
-def render_job_progress(job, items, log_lines, log_cap, *, polling=False, shared=False) -> str:
+def render_job_progress(
+    job, items, log_lines, log_cap, *, polling=False, shared=False, parts=None
+) -> str:
     """The whole progress region, as the page, the polling fragment and the streams show it.
     `shared`: the same bytes for every watcher, so no per-visitor CSRF token in forms (htmx
-    sends the page's token as a header)."""
+    sends the page's token as a header). `parts`: the parts as rendered for this version
+    already (`_parts`, shared, not for polling); else they are rendered here. A polling
+    page's parts are its own: its Cancel form says it polls."""
+    if parts is None or polling:
+        parts, _ = _parts(job, None, shared=shared, polling=polling)
     return _render(
         "job_progress",
         job=job,
@@ -226,7 +237,20 @@ def render_job_progress(job, items, log_lines, log_cap, *, polling=False, shared
         log_cap=log_cap,
         polling=polling,
         shared=shared,
+        part=_placed(parts),
     )
+
+
+def _placed(parts: dict[str, str]) -> Callable[[str], Markup]:
+    """What the regions call to place a part (`part(name)`): its markup, as rendered."""
+    return lambda name: Markup(parts[name])
+
+
+def _oob(part: str) -> str:
+    """A part as an out-of-band swap: the attribute that says so, on its root element. A
+    part's markup begins with that element's tag, and the first ">" ends the tag (autoescape
+    turns any in its attribute values into "&gt;")."""
+    return part.replace(">", ' hx-swap-oob="outerHTML">', 1)
 
 
 def _render(partial: str, **context) -> str:
@@ -272,10 +296,13 @@ class _Reading:
         return value
 
 
-def _parts(job: JobState, old: JobView | None) -> tuple[dict[str, str], dict[str, dict]]:
-    """Every part of the page that is not an item or a log line, ready to swap in, and the
-    fields each read. A part whose fields all hold what they held in `old` is not rendered
-    again: most parts read a few fields, and most changes move a few."""
+def _parts(
+    job: JobState, old: JobView | None, shared: bool = True, polling: bool = False
+) -> tuple[dict[str, str], dict[str, dict]]:
+    """Every part of the page that is not an item or a log line, and the fields each read.
+    A part whose fields all hold what they held in `old` is not rendered again: most parts
+    read a few fields, and most changes move a few. The whole region places the same
+    markup (`part(name)` in the templates); a change sends it as an out-of-band swap."""
     parts: dict[str, str] = {}
     reads: dict[str, dict] = {}
     fact = None
@@ -286,11 +313,11 @@ def _parts(job: JobState, old: JobView | None) -> tuple[dict[str, str], dict[str
             continue
         reading = _Reading(job)
         if name in PARTS:
-            parts[name] = _render(name, job=reading, shared=True, oob=True)
+            parts[name] = _render(name, job=reading, shared=shared, polling=polling)
         else:
             if fact is None:
                 fact = current_app.jinja_env.get_template("partials/job_fact.html").module.fact
-            parts[name] = str(fact(reading, name.removeprefix("fact:"), True)).strip()
+            parts[name] = str(fact(reading, name.removeprefix("fact:"))).strip()
         reads[name] = reading.reads
     return parts, reads
 
@@ -301,9 +328,9 @@ def _changed_parts(old: dict[str, str], new: dict[str, str], job: JobState) -> l
     if [name for name in new if name.startswith("fact:")] == [
         name for name in old if name.startswith("fact:")
     ]:
-        return [new[name] for name in changed]
-    return [new[name] for name in changed if name in PARTS] + [
-        _render("job_facts", job=job, oob=True)
+        return [_oob(new[name]) for name in changed]
+    return [_oob(new[name]) for name in changed if name in PARTS] + [
+        _render("job_facts", job=job, oob=True, part=_placed(new))
     ]
 
 
