@@ -49,7 +49,7 @@ def _per_stream_work(r: FanoutResult) -> str:
     cores = r.cpu_s / r.measure_s
     serial_ms = r.clients * r.cpu_per_message_us / 1000
     return (
-        f"Reads and renders are shared (one per change per web process); each waiting "
+        f"Changes are applied and rendered once per web process, shared; each waiting "
         f"stream gets the change's pre-framed bytes in one write from the fan-out greenlet "
         f"(headway/web/fanout.py): {r.cpu_per_message_us:,.1f} µs of web CPU per message "
         f"here. The writes are one after another, so the last of {r.clients:,} streams gets "
@@ -128,7 +128,7 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 f"{r.fanout_p99_ms:,.1f} ms (in the web process, /healthz; the floor's own: "
                 f"{floor.fanout_p99_ms:,.1f} ms)",
                 r.fanout_p99_ms <= 15,
-                "The fan-out greenlet reads and renders each change once, then writes it to "
+                "The fan-out greenlet applies and renders each change once, then writes it to "
                 "the 1,000 sockets one after another, one write each; a change it cannot "
                 "write directly wakes the stream's own greenlet. The floor, which only writes "
                 f"the same way, took {floor.fanout_p99_ms:,.1f} ms here, about "
@@ -169,10 +169,12 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 f"the floor {_per_change(floor):,.0f} µs (its writes alone). The 100 jobs "
                 "change together, and a change that costs more than the writer takes to make "
                 "the next waits behind the others: the last jobs of each burst wait longest. "
-                "Timed inside the web process on this machine: reading and rendering a change "
-                "0.3-0.5 ms (the read's script and parsing, five or six parts rendered through "
-                "Jinja, the item bar), its ten writes 0.15 ms; no one piece is large enough "
-                "to halve.",
+                "No read is left in a change (the web process applies what its notice "
+                "carries). py-spy on the web worker in this scenario put about a quarter of "
+                "its time in rendering the five or six parts that moved (Jinja), a sixth in "
+                "the ten writes, and an eighth each in the change's item bar and assembly, "
+                "in applying the notice, and in the hub's handling of it; no one piece is "
+                "large enough to halve.",
             )
         )
     r, floor = _find(results, "headway", 5000), _find(results, "floor", 5000)
