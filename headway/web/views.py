@@ -225,9 +225,9 @@ def render_job_progress(
     """The whole progress region, as the page, the polling fragment and the streams show it.
     `shared`: the same bytes for every watcher, so no per-visitor CSRF token in forms (htmx
     sends the page's token as a header). `parts`: the parts as rendered for this version
-    already (`_parts`, shared, not for polling); else they are rendered here. A polling
-    page's parts are its own: its Cancel form says it polls."""
-    if parts is None or polling:
+    already (`_parts`, shared); else they are rendered here, as a polling page's must be
+    (its Cancel form says it polls)."""
+    if parts is None:
         parts, _ = _parts(job, None, shared=shared, polling=polling)
     return _render(
         "job_progress",
@@ -246,11 +246,12 @@ def _placed(parts: dict[str, str]) -> Callable[[str], Markup]:
     return lambda name: Markup(parts[name])
 
 
-def _oob(part: str) -> str:
-    """A part as an out-of-band swap: the attribute that says so, on its root element. A
-    part's markup begins with that element's tag, and the first ">" ends the tag (autoescape
-    turns any in its attribute values into "&gt;")."""
-    return part.replace(">", ' hx-swap-oob="outerHTML">', 1)
+def _oob(markup: str) -> str:
+    """A part or region as an out-of-band swap: the attribute that says so, on its root
+    element. The markup begins with that element's tag, and the first ">" ends the tag
+    (autoescape turns any in its attribute values into "&gt;")."""
+    # (as a plain string: Markup.replace would escape the attribute)
+    return str(markup).replace(">", ' hx-swap-oob="outerHTML">', 1)
 
 
 def _render(partial: str, **context) -> str:
@@ -330,7 +331,7 @@ def _changed_parts(old: dict[str, str], new: dict[str, str], job: JobState) -> l
     ]:
         return [_oob(new[name]) for name in changed]
     return [_oob(new[name]) for name in changed if name in PARTS] + [
-        _render("job_facts", job=job, oob=True, part=_placed(new))
+        _oob(_render("job_facts", job=job, part=_placed(new)))
     ]
 
 
@@ -342,16 +343,15 @@ def _change_since(view: JobView, steps: tuple[Earlier, ...]) -> str:
     parts = _changed_parts(since.parts, view.parts, view.state)
     changed_items = [step.items_after for step in steps]
     if None in changed_items:
-        parts.append(_render("job_items", items=_ordered(view.items), oob=True))
+        parts.append(_oob(_render("job_items", items=_ordered(view.items))))
     else:
         indices = sorted(frozenset().union(*changed_items))
-        parts += [_render("job_item", item=view.items[i], oob=True) for i in indices]
+        item_bar = current_app.jinja_env.globals["item_bar"]
+        parts += [_oob(item_bar(view.items[i])) for i in indices]
     added = view.state.log_total - since.log_total
     if added > 0:
         if not since.log_total or added >= min(view.log_cap, len(view.log_lines) + 1):
-            parts.append(
-                _render("job_log", log_lines=view.log_lines, log_cap=view.log_cap, oob=True)
-            )
+            parts.append(_oob(_render("job_log", log_lines=view.log_lines, log_cap=view.log_cap)))
         else:
             log_line = current_app.jinja_env.globals["log_line"]
             lines = "".join(log_line(line) for line in reversed(view.log_lines[-added:]))
