@@ -174,7 +174,8 @@ def test_web_and_worker_nodes_share_only_redis_and_storage(cluster: Cluster, sto
     assert watch.status == 200 and not watch.is_alive()  # the final event ended the stream
     ids = [event_id for _, event_id, _ in watch.events]
     assert ids == sorted(ids) and len(set(ids)) >= 3
-    assert watch.events[-1][0] == "done" and 'data-status="interrupted"' in watch.events[-1][2]
+    assert watch.events[-1][0] == "done" and watch.events[-1][2] == "interrupted"
+    assert 'data-status="interrupted"' in watch.events[-2][2]
 
     # Retry, through web B: the new attempt runs on the surviving worker from stored inputs.
     token = csrf_token(browser, f"{web_b}/jobs/{job_id}")

@@ -67,6 +67,15 @@ class Events:
                 return message
         return None
 
+    def final(self) -> tuple[dict, dict]:
+        """The final state's message and the `done` that follows it (with the same version,
+        and the job's status as its data); the stream ends after them."""
+        state, done = self.next_event(), self.next_event()
+        assert done is not None and done["event"] == "done", (state, done)
+        assert state["event"] in ("progress", "delta") and state["id"] == done["id"], state
+        assert self.next() is None and self.ended
+        return state, done
+
     def close(self):
         self.response.close()
 
@@ -154,18 +163,31 @@ def test_updates_arrive_and_the_final_state_closes_the_stream(web, store):
     assert '<div id="job-meter" data-status="running" data-percent="40"' in update["data"]
     assert 'aria-valuenow="40"' in update["data"] and 'id="job-facts"' not in update["data"]
     store.update(job_id, {"status": "succeeded", "progress": 100.0, "files": []})
-    done = events.next_event()
-    assert done["event"] == "done" and "badge-succeeded" in done["data"]
-    assert events.next() is None and events.ended
+    # The final state is a change like any other (the items and the log stay put), and
+    # `done` after it, with the status, ends the stream.
+    final, done = events.final()
+    assert final["event"] == "delta" and done["data"] == "succeeded"
+    assert "badge-succeeded" in final["data"] and "Your results are ready" in final["data"]
+    assert 'id="job-items"' not in final["data"] and 'id="job-log' not in final["data"]
+    assert final["id"] == str(store.get(job_id).version)
 
 
 def test_stream_on_a_finished_job_sends_done_at_once_and_ends(web, store):
     job_id = new_job(store)
     store.update(job_id, {"status": "failed", "error": "It broke"})
     _, events = open_stream(web, job_id)
-    done = events.next_event()
-    assert done["event"] == "done" and "It broke" in done["data"] and "Retry" in done["data"]
-    assert events.next() is None
+    final, done = events.final()
+    assert final["event"] == "progress" and done["data"] == "failed"
+    assert "It broke" in final["data"] and "Retry" in final["data"]
+
+
+def test_a_stream_resumed_from_the_final_version_gets_done_alone(web, store):
+    job_id = new_job(store)
+    store.update(job_id, {"status": "succeeded", "progress": 100.0})
+    version = store.get(job_id).version
+    _, events = open_stream(web, job_id, **{"Last-Event-ID": str(version)})
+    assert events.next_event() == {"event": "done", "data": "succeeded", "id": str(version)}
+    assert events.next() is None and events.ended
 
 
 def test_reconnect_with_current_version_gets_no_duplicate(web, store):
@@ -209,7 +231,8 @@ def test_update_between_render_and_stream_start_is_not_missed(web, store):
     web.get(f"/jobs/{job_id}")  # the page is rendered...
     store.update(job_id, {"status": "succeeded", "progress": 100.0})  # ...the job ends...
     _, events = open_stream(web, job_id)  # ...and then the stream starts
-    assert events.next_event()["event"] == "done"
+    final, done = events.final()
+    assert final["event"] == "progress" and done["data"] == "succeeded"
 
 
 def test_one_redis_subscription_however_many_streams(web, store):
@@ -387,8 +410,8 @@ def test_a_watched_job_whose_worker_died_ends_interrupted_on_the_stream(store):
     job_id = new_job(store)  # heartbeat now, then silence: no worker ever beats again
     _, events = open_stream(client, job_id)
     assert events.next_event()["event"] == "progress"
-    done = events.next_event()
-    assert done["event"] == "done" and "The job was interrupted." in done["data"]
+    final, done = events.final()
+    assert done["data"] == "interrupted" and "The job was interrupted." in final["data"]
 
 
 def test_a_job_list_stream_shows_a_dead_workers_job_as_interrupted(store):

@@ -107,7 +107,7 @@ class Sink:
         keepalive: float,
     ):
         self.sock = sock
-        self.ends = False  # the stream ends with its job's final state, sent whole
+        self.ends = False  # the stream ends with its job's final state
         self.ended = False  # that final state was written here
         self.fd = sock.fileno()
         self.chunked = chunked
@@ -162,14 +162,13 @@ class Sink:
         took all of it; False when the stream must act itself. Only while the stream waits
         (nothing else writes to it).
 
-        A stream that ends with the job's final state (`ends`) gets that state whole, and
-        is then `ended`: it must be woken to end.
+        A stream that ends with the job's final state (`ends`) is then `ended`: it must be
+        woken to end.
         """
         if self.pending:
             return False
-        final = self.ends and change.finished
         sent = self.sent.get(change.job_id)
-        base = None if final else sent if sent == change.base else change.view.since(sent)
+        base = sent if sent == change.base else change.view.since(sent)
         key = (self.framing, self.chunked, base)
         data = change.frames.get(key)
         if data is None:
@@ -181,7 +180,7 @@ class Sink:
         except OSError:
             return False  # gone: the stream finds out when it next writes, and ends
         self.sent[change.job_id] = change.version
-        self.ended = final
+        self.ended = self.ends and change.finished
         self.written_at = time.monotonic()
         if written < len(data):
             self.pending = data[written:]

@@ -143,10 +143,19 @@ class _Lease:
 
 
 def stream_framing(view: JobView, html: str, base: int | None) -> bytes:
-    """A job's own stream: `progress` (the whole region), `delta` (out-of-band swaps from
-    the version the stream sent last) or, last, `done`; each with the version as its id."""
-    event = "delta" if base is not None else ("done" if view.state.finished else "progress")
-    return sse(event, html, view.version).encode()
+    """A job's own stream: `progress` (the whole region) or `delta` (out-of-band swaps from
+    the version the stream sent last), each with the version as its id; the final state's
+    message is followed by `done` (`done_event`)."""
+    message = sse("progress" if base is None else "delta", html, view.version)
+    if view.state.finished:
+        message += done_event(view)
+    return message.encode()
+
+
+def done_event(view: JobView) -> str:
+    """The job's stream ends: `done`, with the final version as its id and the job's final
+    status as its data. The state itself came in the message before it."""
+    return sse("done", view.state.status, view.version)
 
 
 def live_framing(view: JobView, html: str, base: int | None) -> bytes:
@@ -180,7 +189,8 @@ def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, f
 
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
-    """The job's live stream: `progress` events, then one `done` event, then the end."""
+    """The job's live stream: `progress` or `delta` events, the last of them followed by one
+    `done` event, then the end."""
     job = load_job(job_id)
     svc = services()
     svc.hub.ensure_ready()
@@ -208,13 +218,13 @@ def job_events(job_id: str):
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
-                    # A final state is always sent whole: it is what closes the stream.
-                    last = None if view.state.finished else sent[job.id]
-                    message = view.message(stream_framing, last, context)
+                    message = view.message(stream_framing, sent[job.id], context)
                     if message is not None:
                         yield message
                         sent[job.id] = view.version
                     if view.state.finished:
+                        if message is None:  # it resumed from the final version
+                            yield done_event(view).encode()
                         return
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects with Last-Event-ID
