@@ -45,9 +45,13 @@ def redis_client(url: str) -> redis.Redis:
 
 def subscriber_client(url: str) -> redis.Redis:
     """A client of its own for a long-lived subscription, which holds its connection for
-    good: taken from the shared pool, it would shrink what commands have."""
+    good: taken from the shared pool, it would shrink what commands have.
+
+    It speaks RESP2, where a message is a plain reply: redis-py 8 hands each RESP3 push to
+    a handler that formats it whole (notices carry changes of up to 4 KB) for a debug line.
+    """
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=5, **_keepalive(url)
+        url, decode_responses=True, socket_connect_timeout=5, protocol=2, **_keepalive(url)
     )
 
 

@@ -10,6 +10,8 @@ import pytest
 import redis
 
 from app import create_app
+from headway import hub as hub_module
+from headway.connection import subscriber_client
 from headway.hub import ChangeHub
 from headway.store import CHANNEL, new_job_id
 from jobs import control, kinds
@@ -145,6 +147,24 @@ def test_a_job_that_raises_or_writes_nothing_fails_with_its_message(
     page = web.get(f"/jobs/{job_id}").text
     assert "The job failed." in page and message in page and ">Retry<" in page
     assert "downloads" not in page
+
+
+def test_a_silent_subscription_is_asked_and_replaced_when_no_answer_comes(monkeypatch):
+    """A connection can die without a word: after `PING_SECONDS` of silence the hub asks
+    (PING), and without an answer it subscribes again and has every watcher read. Redis
+    paused (`CLIENT PAUSE`) leaves its PING unanswered."""
+    monkeypatch.setattr(hub_module, "PING_SECONDS", 0.2)
+    client = subscriber_client(os.environ["REDIS_URL"])
+    hub = ChangeHub(client)
+    with hub.watch(["job-a"]) as watcher:
+        time.sleep(1.0)  # five quiet spells, each ended by an answered PING
+        assert hub.reconnects == 0 and hub._ready.is_set()
+        client.client_pause(1500)
+        wait_for(lambda: hub.reconnects == 1, timeout=5)
+        wait_for(hub._ready.is_set, timeout=5)  # subscribed again once the pause ends
+        assert watcher.wait(5) == (set(), True)
+        client.publish(CHANNEL, "job-a owner")
+        assert watcher.wait(5) == ({"job-a"}, False)
 
 
 def test_a_fault_in_handing_out_a_change_leaves_the_hub_listening(caplog):
