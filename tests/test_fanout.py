@@ -371,14 +371,14 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
     change = Change(newest)
     try:
         for sink, theirs in [sink_at(have.version) for _ in range(3)]:
-            assert sink.write(change)
+            assert sink.write(change, have.version, time.monotonic())
             assert sink.sent[job_id] == newest.version
             message = received(theirs)
             assert message["event"] == "delta" and message["id"] == str(newest.version)
             assert message["data"].count('class="item ') == 2
             assert 'id="job-item-2"' in message["data"] and 'id="job-item-5"' in message["data"]
         unknown, theirs = sink_at(have.version - 1)
-        assert unknown.write(change)
+        assert unknown.write(change, have.version - 1, time.monotonic())
         whole = received(theirs)
         assert whole["event"] == "progress" and whole["data"].count('class="item ') == 10
         assert len(change.frames) == 2  # one change from `have`, one whole state, for four streams

@@ -156,18 +156,18 @@ class Sink:
     def takes(self, job_id: str) -> bool:
         return job_id in self.sent and not self.rows
 
-    def write(self, change: Change) -> bool:
+    def write(self, change: Change, sent: int | None, now: float) -> bool:
         """Bring the stream to the change's version: the change since the version it has
         (or the whole state, if the view does not know that version). True once the socket
         took all of it; False when the stream must act itself. Only while the stream waits
-        (nothing else writes to it).
+        (nothing else writes to it). `sent`: the version it has of the change's job; `now`:
+        the moment the change is written (monotonic).
 
         A stream that ends with the job's final state (`ends`) is then `ended`: it must be
         woken to end.
         """
         if self.pending:
             return False
-        sent = self.sent.get(change.job_id)
         base = sent if sent == change.base else change.view.since(sent)
         key = (self.framing, self.chunked, base)
         data = change.frames.get(key)
@@ -181,7 +181,7 @@ class Sink:
             return False  # gone: the stream finds out when it next writes, and ends
         self.sent[change.job_id] = change.version
         self.ended = self.ends and change.finished
-        self.written_at = time.monotonic()
+        self.written_at = now
         if written < len(data):
             self.pending = data[written:]
             return False
@@ -319,14 +319,16 @@ class Fanout:
         noticed: float,
         latest: float,
     ) -> None:
-        written, change = 0, None if view is None else Change(view)
+        written, change, now = 0, None if view is None else Change(view), time.monotonic()
         for watcher in watchers:
             sink = watcher.sink
             if change is None or not watcher.parked:
                 watcher.notify(job_id, latest)
-            elif sink.sent.get(job_id) == change.version:
+                continue
+            sent = sink.sent.get(job_id)
+            if sent == change.version:
                 continue  # it has this version (noticed twice before the read)
-            elif sink.write(change):
+            if sink.write(change, sent, now):
                 written += 1
                 if sink.ended:  # its last message: the stream ends, once there is time
                     self._ending.append((watcher, job_id))
