@@ -17,7 +17,6 @@ any other reads the hash.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -301,10 +300,12 @@ class JobState:
         return bool(owner) and secrets.compare_digest(self.owner, owner)
 
     @property
-    def elapsed(self) -> float:
+    def elapsed(self) -> int:
+        """Whole seconds since it started (until it finished), as the page shows them: a
+        part that reads it changes once a second, not on every read."""
         if not self.started_at:
-            return 0.0
-        return (self.finished_at or time.time()) - self.started_at
+            return 0
+        return round((self.finished_at or time.time()) - self.started_at)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobState:
@@ -312,10 +313,11 @@ class JobState:
 
     def updated(self, fields: dict[str, str]) -> JobState:
         """This state with some of its hash's fields set anew (the others parsed once)."""
-        state = copy.copy(self)
-        for name, value in fields.items():
-            if name in FIELDS:
-                setattr(state, name, FIELDS[name](value))
+        state = object.__new__(type(self))  # a copy, without copy.copy's generic walk
+        state.__dict__ = {
+            **self.__dict__,
+            **{name: FIELDS[name](value) for name, value in fields.items() if name in FIELDS},
+        }
         return state
 
 
