@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import re
 import threading
 import time
@@ -135,7 +136,7 @@ class JobView:
     # The parts as rendered for this version, by name ("fact:<key>" for each fact): the next
     # change carries those that differ. And the fields of the job each part read.
     parts: dict[str, str] = dataclasses.field(default_factory=dict)
-    reads: dict[str, dict] = dataclasses.field(default_factory=dict)
+    reads: dict[str, Inputs] = dataclasses.field(default_factory=dict)
     earlier: tuple[Earlier, ...] = ()  # the versions read before, newest first: `base`'s first
     _messages: dict[tuple, bytes | str] = dataclasses.field(default_factory=dict)
     _lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
@@ -296,20 +297,37 @@ class _Reading:
         value = self.reads[name] = getattr(self._job, name)
         return value
 
+    def inputs(self) -> Inputs:
+        """What the part read: a getter of those fields (C's `attrgetter`, which takes them
+        all in one call) and the values they had."""
+        return _getter(tuple(self.reads)), tuple(self.reads.values())
+
+
+# A part's inputs: what gets the fields it read from a job, and what they held when it was
+# rendered. It is rendered again only if the getter finds other values.
+Inputs = tuple[Callable[[JobState], tuple], tuple]
+
+
+@functools.cache
+def _getter(names: tuple[str, ...]) -> Callable[[JobState], tuple]:
+    if len(names) > 1:
+        return operator.attrgetter(*names)  # a tuple of their values
+    return lambda job: tuple(getattr(job, name) for name in names)  # () or one value
+
 
 def _parts(
     job: JobState, old: JobView | None, shared: bool = True, polling: bool = False
-) -> tuple[dict[str, str], dict[str, dict]]:
+) -> tuple[dict[str, str], dict[str, Inputs]]:
     """Every part of the page that is not an item or a log line, and the fields each read.
     A part whose fields all hold what they held in `old` is not rendered again: most parts
     read a few fields, and most changes move a few. The whole region places the same
     markup (`part(name)` in the templates); a change sends it as an out-of-band swap."""
     parts: dict[str, str] = {}
-    reads: dict[str, dict] = {}
+    reads: dict[str, Inputs] = {}
     fact = None
     for name in (*PARTS, *(f"fact:{key}" for key in fact_keys(job))):
         before = old.reads.get(name) if old is not None else None
-        if before is not None and all(getattr(job, f) == v for f, v in before.items()):
+        if before is not None and before[0](job) == before[1]:
             parts[name], reads[name] = old.parts[name], before
             continue
         reading = _Reading(job)
@@ -319,7 +337,7 @@ def _parts(
             if fact is None:
                 fact = current_app.jinja_env.get_template("partials/job_fact.html").module.fact
             parts[name] = str(fact(reading, name.removeprefix("fact:"))).strip()
-        reads[name] = reading.reads
+        reads[name] = reading.inputs()
     return parts, reads
 
 
