@@ -53,11 +53,12 @@ def _clean(value: object) -> str:
 
 def sse(event: str | None, data: str, event_id: object = None) -> str:
     """One SSE message; multi-line data becomes several `data:` lines."""
-    lines = [] if event_id is None else [f"id: {_clean(event_id)}"]
+    head = "" if event_id is None else f"id: {_clean(event_id)}\n"
     if event:
-        lines.append(f"event: {_clean(event)}")
-    lines += [f"data: {line}" for line in LINE_BREAK.split(data)]
-    return "\n".join(lines) + "\n\n"
+        head += f"event: {_clean(event)}\n"
+    if "\n" in data or "\r" in data:  # (most are one line: the partials are, see views.py)
+        data = "\ndata: ".join(LINE_BREAK.split(data))
+    return f"{head}data: {data}\n\n"
 
 
 def parse_last_event_id(value: str | None) -> int | None:
