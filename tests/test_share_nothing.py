@@ -124,7 +124,7 @@ class StreamWatch(threading.Thread):
                 elif line.startswith("id:"):
                     event_id = int(line.split(":", 1)[1])
                 elif line.startswith("data:"):
-                    data.append(line[5:])
+                    data.append(line[5:].removeprefix(" "))  # (one space after the colon)
                 elif line == "" and event:
                     self.events.append((event, event_id, "\n".join(data)))
                     event, data = "", []
