@@ -103,6 +103,9 @@ class ChangeHub:
         self.channel = channel
         self._by_job: dict[str, set[Watcher]] = {}
         self._by_owner: dict[str, set[Watcher]] = {}
+        # The watchers of a job whose sinks take it (a job's own streams, under gevent): its
+        # changes go to the fan-out for them without a look at each (there may be 5,000).
+        self._fed_by_job: dict[str, set[Watcher]] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,7 +125,7 @@ class ChangeHub:
     @property
     def watcher_count(self) -> int:
         with self._lock:
-            return len({w for ws in (*self._by_job.values(), *self._by_owner.values()) for w in ws})
+            return len({w for ws in self._indexed() for w in ws})
 
     def start(self) -> None:
         if self._ready.is_set():  # subscribed: the listener runs (every poll asks this)
@@ -151,7 +154,8 @@ class ChangeHub:
         watcher = Watcher(job_ids, owner, sink)
         with self._lock:
             for job_id in watcher.job_ids:
-                self._by_job.setdefault(job_id, set()).add(watcher)
+                fed = sink is not None and self.fanout is not None and sink.takes(job_id)
+                (self._fed_by_job if fed else self._by_job).setdefault(job_id, set()).add(watcher)
             if owner:
                 self._by_owner.setdefault(owner, set()).add(watcher)
             with watcher._lock:  # changes from now on reach it by notify()
@@ -162,6 +166,7 @@ class ChangeHub:
             with self._lock:
                 for job_id in watcher.job_ids:
                     _discard(self._by_job, job_id, watcher)
+                    _discard(self._fed_by_job, job_id, watcher)
                 if owner:
                     _discard(self._by_owner, owner, watcher)
 
@@ -186,23 +191,30 @@ class ChangeHub:
             self._noticed.move_to_end(job_id)
             if len(self._noticed) > NOTICES_KEPT:
                 self._forgotten = self._noticed.popitem(last=False)[1]
+            fed = list(self._fed_by_job.get(job_id, ()))
             targets = self._by_job.get(job_id, set()) | self._by_owner.get(notice.owner, set())
         if self.views:
             self.views(notice, at)
-        direct = []
         if self.fanout:
-            direct = [w for w in targets if w.sink is not None and w.sink.takes(job_id)]
-            targets.difference_update(direct)
-        if direct:
-            self.fanout(job_id, direct, at)
+            taking = [w for w in targets if w.sink is not None and w.sink.takes(job_id)]
+            targets.difference_update(taking)
+            fed += taking
+        if fed:
+            self.fanout(job_id, fed, at)
         for watcher in targets:
             watcher.notify(job_id, at)
 
     def _wake_all(self) -> None:
         with self._lock:
-            targets = {w for ws in (*self._by_job.values(), *self._by_owner.values()) for w in ws}
+            targets = {w for ws in self._indexed() for w in ws}
         for watcher in targets:
             watcher.notify(None)
+
+    def _indexed(self) -> Iterator[set[Watcher]]:
+        """Every set of watchers the hub holds (with its lock held)."""
+        yield from self._by_job.values()
+        yield from self._fed_by_job.values()
+        yield from self._by_owner.values()
 
     def _listen(self) -> None:
         delay = 0.1
