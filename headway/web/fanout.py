@@ -63,11 +63,12 @@ BATCH = 8  # jobs read together (one round trip) and written before the next are
 # jobs ending within a second, turns of 50 held the fan-out's p99 (notice to last write) at
 # 12-13 ms, turns of 10 at 6-7 ms, in four runs each.
 ENDINGS = 10
-# And a pause between turns, not sleep(0): after sleep(0) gevent may run this greenlet again
+# Between turns the fan-out waits for a change this long at most, as it waits anywhere else;
+# it used to go on at once after sleep(0), but gevent may run a greenlet that sleeps 0 again
 # before its loop next looks at the sockets (its docs say so), so turn after turn of endings
 # held back the notices of the jobs that ended later. With 10,000 streams over 100 jobs, the
-# final states' p99 went from 16-43 ms (six runs) to 8-17 ms (four); the endings take about a
-# second longer.
+# final states' p99 went from 16-43 ms (six runs) to 8-17 ms (four) with a 1 ms pause; the
+# endings take about a second longer.
 ENDING_PAUSE = 0.001
 KEPT = 50  # streams woken for their keepalives at a time, likewise
 # Waiting streams looked at in one go (their slots renewed in one round trip): the fan-out
@@ -270,8 +271,10 @@ class Fanout:
 
     def _run(self) -> None:
         while True:
-            if not self._ending:
-                self._event.wait(self._until_next_look())
+            timeout = self._until_next_look()
+            if self._ending:  # a pause between turns of endings, cut short by a change
+                timeout = ENDING_PAUSE if timeout is None else min(timeout, ENDING_PAUSE)
+            self._event.wait(timeout)
             with self._lock:
                 self._event.clear()
                 pending, self._pending = self._pending, {}
@@ -380,12 +383,11 @@ class Fanout:
             time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them
 
     def _end_some(self) -> None:
-        """Wake a few of the streams that got their final state, and let them end before
-        looking for changes again."""
+        """Wake a few of the streams that got their final state: they end while the fan-out
+        next waits (`_run`), before it looks for changes again."""
         for _ in range(min(ENDINGS, len(self._ending))):
             watcher, job_id = self._ending.popleft()
             watcher.notify(job_id)
-        time.sleep(ENDING_PAUSE)  # the woken streams run, then the loop, then this greenlet
 
     def timing(self) -> dict:
         """The latest changes' fan-out times: how many, and their p50, p99 and max in ms."""
