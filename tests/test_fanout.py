@@ -170,6 +170,33 @@ def test_waiting_streams_get_every_change_as_the_server_would_frame_it(server, s
     assert fanout["changes"] >= len(written) and 0 < fanout["p50_ms"] <= fanout["max_ms"]
 
 
+@pytest.mark.timeout(60)
+def test_streams_that_join_a_job_that_has_not_changed_since_it_was_read_do_not_read_it(
+    server, store
+):
+    # Each used to read the job twice: once to check it is the visitor's, once for its first
+    # state, that one behind a lock the fan-out takes too. 10,000 streams arriving together
+    # queued there for up to 15 s, and every change waited its turn.
+    job_id, reporter = items_job(store, 10)
+    first = Reader(server.port, f"/jobs/{job_id}/events")
+    first.start()
+    wait_until_watched(1, [first])  # the process has read the job
+    store.client.config_resetstat()
+    joining = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(5)]
+    for reader in joining:
+        reader.start()
+    wait_until_watched(len(joining), joining)
+    # The job's record is read with HGETALL, also by the read script (commandstats counts
+    # what scripts call).
+    assert "cmdstat_hgetall" not in store.client.info("commandstats")
+    assert {r.messages[0][:2] for r in joining} == {first.messages[0][:2]}  # its whole state
+    reporter.flush(status="succeeded", finished_at=time.time())
+    final = store.get(job_id).version
+    for reader in [first, *joining]:
+        reader.join(30)
+        assert reader.versions("done") == [final]
+
+
 @pytest.mark.timeout(180)
 def test_a_stalled_reader_skips_to_the_newest_state_and_holds_up_no_one(server, store):
     items = 300

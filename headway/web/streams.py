@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 from flask import (
@@ -27,9 +27,9 @@ from flask import (
 )
 from flask.ctx import RequestContext
 
-from headway.hub import HubUnavailable, Watcher
+from headway.hub import ChangeHub, HubUnavailable, Watcher
 from headway.store import FINAL_STATUSES
-from headway.web import client_address, current_owner, load_job, reap_if_stale, services
+from headway.web import client_address, current_owner, load_view, reap_if_stale, services
 from headway.web.fanout import Fanout, Sink, quiet_spell
 from headway.web.pages import render_row
 from headway.web.renders import Rendered
@@ -167,6 +167,16 @@ def live_framing(view: JobView, html: str, base: int | None) -> bytes:
     return sse("job", f"{head}\n{html}").encode()
 
 
+def _fresh_since(hub: ChangeHub, job_ids: Iterable[str], registered: float) -> dict[str, float]:
+    """For a stream's first look, how fresh each job's view must be: one read since the
+    stream registered, or since the job's last change notice if that came earlier (such a
+    read holds every change until now). So streams that arrive together are served the
+    view the process holds, rather than each reading the job again, one at a time: 10,000
+    arriving in the bench waited up to 15 s for their first state, behind one another's
+    reads."""
+    return {job_id: min(registered, hub.fresh_after(job_id)) for job_id in job_ids}
+
+
 def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, fanout: Fanout):
     """Wait for a change: its ids (as `Watcher.wait` returns them), or None once a keepalive
     is due or the stream's `deadline` has come.
@@ -192,9 +202,9 @@ def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, f
 def job_events(job_id: str):
     """The job's live stream: `progress` or `delta` events, the last of them followed by one
     `done` event, then the end."""
-    job = load_job(job_id)
     svc = services()
     svc.hub.ensure_ready()
+    job = load_view(job_id).state
     lease = _Lease(job.owner)
     last_seen = parse_last_event_id(request.headers.get("Last-Event-ID"))
 
@@ -211,7 +221,7 @@ def job_events(job_id: str):
             yield RETRY  # headers and a first byte go out at once
             with svc.hub.watch(job_ids=[job.id], sink=sink) as watcher:
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
-                fresh_since = watcher.changed_at
+                fresh_since = _fresh_since(svc.hub, [job.id], watcher.changed_at)[job.id]
                 while True:
                     if sink is not None and sink.ended:
                         return  # the fan-out sent the final state
@@ -321,11 +331,12 @@ def live():
                 row_ids = [j.id for j in svc.store.list_for_owner(owner)] if rows else []
                 deadline = time.monotonic() + svc.settings.stream_max_seconds
                 fresh_since = watcher.changed_at
+                not_before = _fresh_since(svc.hub, sent, fresh_since)  # of the jobs' views
                 changed: set[str] | None = None  # None: look at everything
                 while True:
                     messages = []
                     look = [j for j in sorted(sent) if changed is None or j in changed]
-                    views = svc.views.get(look, fresh_since, context)
+                    views = svc.views.get(look, not_before, context)
                     for job_id in look:
                         view = views.get(job_id)
                         if view is None:  # removed meanwhile
@@ -359,9 +370,9 @@ def live():
                             for i, st in (*job_statuses.items(), *statuses.items())
                             if st not in FINAL_STATUSES
                         }
-                        fresh_since = time.monotonic() - lease.keepalive / 2
+                        fresh_since = not_before = time.monotonic() - lease.keepalive / 2
                         continue
-                    fresh_since = watcher.changed_at
+                    fresh_since = not_before = watcher.changed_at
                     ids, everything = woken
                     changed = None if everything else ids
                     if rows and (everything or not ids <= set(row_ids)):
