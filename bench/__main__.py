@@ -40,7 +40,8 @@ class Plan:
     # (clients, jobs) that Headway and the floor then run again, in turns, to `ROUNDS`
     turns: tuple[tuple[int, int], ...]
     duration: float  # seconds of 10 updates a second
-    sparse: tuple[tuple[str, int, int], ...]  # then these, at one update a second
+    # then these, at one update a second, `ROUNDS` rounds in turns (the systems are TURNS)
+    sparse: tuple[tuple[str, int, int], ...]
     sparse_duration: float
     report_calls: int
     timed_writes: int
@@ -63,7 +64,7 @@ FULL = Plan(
         ("floor", 1000, 100),
         ("headway", 5000, 100),
     ),
-    turns=((1000, 1), (1000, 100)),
+    turns=((1000, 1), (1000, 100), (5000, 1)),
     duration=10.0,
     sparse=(("headway", 10000, 100), ("floor", 10000, 100)),
     sparse_duration=20.0,
@@ -138,9 +139,10 @@ event; the floor does the same. The peer's `/poll` reads through a blocking pool
 (redis-py's default pool raises MaxConnectionsError past 100 and turned polling at 1,000
 clients into thousands of HTTP 500s).""",
     "turns": """\
-Headway and the floor run {rounds} rounds at {sizes}: the first in the order above, the
-others in turns (Headway, floor, Headway, floor...), because on this machine one
-scenario's figures drift by tens of per cent from run to run. Every round is listed (its
+Headway and the floor run {rounds} rounds at {sizes}: at 10 updates a second the first
+in the order above and the others after it, in turns (Headway, floor, Headway, floor...);
+the 10,000 streams last, every round in turns. On this machine one scenario's figures
+drift by tens of per cent from run to run. Every round is listed (its
 **Round**); the comparisons and the targets take, for each system and size, the round with
 the median p99, with all of that round's figures.""",
     "reporter": """\
@@ -259,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             results = _run_fanout(plan, bench_redis)
             notes = NOTES["fanout"].format(duration=plan.duration)
             if plan.turns:
-                sizes = " and ".join(f"{c:,} clients on {j} job(s)" for c, j in plan.turns)
+                sizes = [f"{c:,} clients on {j} job(s)" for c, j in plan.turns]
+                sizes += [
+                    f"{c:,} streams over {j} jobs" for s, c, j in plan.sparse if s == "headway"
+                ]
+                sizes = ", ".join(sizes[:-1]) + " and " + sizes[-1]
                 notes += "\n\n" + NOTES["turns"].format(rounds=ROUNDS, sizes=sizes)
             out.add(
                 "Fan-out and latency (one web process)",
@@ -302,8 +308,8 @@ ROUNDS = 3
 def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
     """Each scenario once, in order; then Headway and the floor again, in turns, at the
     `plan.turns` sizes (the figures drift between runs here: the targets compare the
-    rounds with the median p99); then the sparse scenarios. Runs: (system, clients, jobs,
-    duration, rate, stagger, round)."""
+    rounds with the median p99); then the sparse scenarios, every round in turns. Runs:
+    (system, clients, jobs, duration, rate, stagger, round)."""
 
     def first_round(system: str, clients: int, jobs: int) -> int:
         return 1 if (clients, jobs) in plan.turns and system in TURNS else 0
@@ -316,7 +322,11 @@ def _run_fanout(plan: Plan, bench_redis: RedisServer) -> list[FanoutResult]:
         for clients, jobs in plan.turns
         for system in TURNS
     ]
-    runs += [(*scenario, plan.sparse_duration, 1.0, True, 0) for scenario in plan.sparse]
+    runs += [
+        (*scenario, plan.sparse_duration, 1.0, True, turn)
+        for turn in range(1, ROUNDS + 1)
+        for scenario in plan.sparse
+    ]
     for system, clients, jobs, duration, rate, stagger, turn in runs:
         began = time.monotonic()
         print(
