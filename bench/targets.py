@@ -31,8 +31,11 @@ def _endings(r: FanoutResult, floor: FanoutResult | None) -> str:
         "its client hangs up. The fan-out ends them ten at a time with a pause between "
         "(ENDING_PAUSE, headway/web/fanout.py), so that the notices of the jobs that end "
         "later are read in time: without it their final states' p99 was 16-43 ms, with it "
-        "8-17 ms. The clients (on the other core, with Redis and the writer) take in 10,000 "
-        "final states and closed connections meanwhile."
+        "8-17 ms. Those final states are written in time: instrumented, from the writer's "
+        "call to the last write of each, p99 8-10 ms in two runs, with 3,000-4,000 endings "
+        "still queued behind them. The rest of what the clients saw came after the writes, "
+        "while they (on the other core, with Redis and the writer) took in 10,000 final "
+        "states and closed connections, and Redis took back 10,000 streams' leases."
     )
 
 
