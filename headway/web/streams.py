@@ -171,9 +171,9 @@ def _fresh_since(hub: ChangeHub, job_ids: Iterable[str], registered: float) -> d
     """For a stream's first look, how fresh each job's view must be: one read since the
     stream registered, or since the job's last change notice if that came earlier (such a
     read holds every change until now). So streams that arrive together are served the
-    view the process holds, rather than each reading the job again, one at a time: 10,000
-    arriving in the bench waited up to 15 s for their first state, behind one another's
-    reads."""
+    view the process holds, rather than each reading the job again under the views' lock,
+    which the fan-out takes for every change: of 10,000 streams arriving in the bench,
+    9,960 queued for it (the longest for 11-15 s), and 401 since (at most 0.75 s)."""
     return {job_id: min(registered, hub.fresh_after(job_id)) for job_id in job_ids}
 
 
