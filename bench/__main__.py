@@ -105,7 +105,7 @@ N clients watch one job (or N spread over 100 jobs) for {duration:.0f} s of 10 u
 second (every job at the same moment, the worst case), then the final state; the last rows
 hold 10,000 streams over 100 jobs that update once a second each, at their own moments as
 independent jobs do, for 20 s. Systems: Headway, with its stream limits on as in
-production (each stream takes, renews and gives back a lease in Redis; the caps are raised
+production (each stream takes a slot in Redis and gives it back; the caps are raised
 so that the one visitor here may hold every stream); a minimal flask-sse app under the same
 gunicorn config; JSON polling of that app once a second per client; and the **floor**
 (bench/floor.py), a gevent server that only writes each pre-framed message straight to the

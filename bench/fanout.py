@@ -50,8 +50,8 @@ PEER_PAYLOAD = "".join(  # about the size of Headway's message while a job runs 
 )[:2300]
 
 
-# Headway's stream limits on, as in production (each stream takes, renews and gives back a
-# lease in Redis), with caps that let one visitor from one address hold every stream here.
+# Headway's stream limits on, as in production (each stream takes a slot in Redis and gives it
+# back), with caps that let one visitor from one address hold every stream here.
 LIMITS_ON = {
     "HEADWAY_RATE_LIMITS": "on",
     "HEADWAY_MAX_STREAMS_PER_OWNER": "11000",

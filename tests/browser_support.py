@@ -281,10 +281,11 @@ def live_stream_count() -> int:
     """Streams the server holds open right now, for every visitor (their stream slots)."""
     import redis
 
+    from headway.limits import held
+
     client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
-    now = time.time()
     owners = [k for k in client.scan_iter("hw:streams:*") if not k.startswith("hw:streams:addr:")]
-    return sum(client.zcount(key, now, "+inf") for key in owners)
+    return sum(held(client, key) for key in owners)
 
 
 def throttle_uploads(page, bytes_per_second: int) -> None:

@@ -4,6 +4,7 @@ how leases are given back."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -11,9 +12,11 @@ import pytest
 import redis
 
 from app import create_app
-from headway.limits import Lease, Limits, Releases
+from headway.limits import HOLDERS, LimitExceeded, Limits, held
 from headway.settings import Settings
 from jobs import control, kinds
+
+from .conftest import wait_for
 
 FORM = {"steps": "3", "delay": "0", "fail_at": "-1"}
 
@@ -90,7 +93,8 @@ def test_streams_per_address_without_cookies(store):
     refused = client.get("/live?rows=1")
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     assert "from your address (3 at most)" in refused.text
-    opened.pop().close()  # a stream that ends frees its slot
+    opened.pop().close()  # a stream that ends frees its slot (a moment later)
+    wait_for(lambda: held(store.client, "hw:streams:addr:203.0.113.7") == 2, timeout=5)
     assert client.get("/live?rows=1", buffered=False).status_code == 200
 
 
@@ -127,11 +131,11 @@ def test_a_full_queue_is_503(store):
 
 
 class _HeldRoundTrips:
-    """The suite's Redis client, with each lease release's round trip held until the test
-    lets one go (`let_one_go`): slow round trips, on demand. Counts the round trips."""
+    """A holder's release script, with each round trip held until the test lets one go
+    (`let_one_go`): slow round trips, on demand. Counts the round trips."""
 
-    def __init__(self, client, fail_first: BaseException | None = None):
-        self.client, self.fail_first = client, fail_first
+    def __init__(self, send, fail_first: BaseException | None = None):
+        self.send, self.fail_first = send, fail_first
         self.round_trips = 0
         self.entered = threading.Semaphore(0)  # one for each round trip begun
         self.permits = threading.Semaphore(0)
@@ -146,118 +150,127 @@ class _HeldRoundTrips:
     def wait_for_a_round_trip(self):
         assert self.entered.acquire(timeout=10)
 
-    def pipeline(self, **kwargs):
-        real, outer = self.client.pipeline(**kwargs), self
-
-        class Held:
-            def zrem(self, *args):
-                real.zrem(*args)
-
-            def execute(self):
-                outer.round_trips += 1
-                outer.entered.release()
-                assert outer.permits.acquire(timeout=10)
-                if outer.fail_first is not None:
-                    failure, outer.fail_first = outer.fail_first, None
-                    raise failure
-                return real.execute()
-
-        return Held()
+    def __call__(self, keys, args):
+        self.round_trips += 1
+        self.entered.release()
+        assert self.permits.acquire(timeout=10)
+        if self.fail_first is not None:
+            failure, self.fail_first = self.fail_first, None
+            raise failure
+        return self.send(keys=keys, args=args)
 
 
 OWNER_SET, ADDRESS_SET = "hw:streams:releasing-owner", "hw:streams:addr:198.51.100.9"
 SETS = (OWNER_SET, ADDRESS_SET)
 
 
-def _stream_leases(store, held, count):
+def _stream_leases(store, count, fail_first=None):
     limits = Limits(store.client, Settings.from_env())
-    limits.releases = Releases(held)
-    return [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(count)]
+    held_trips = _HeldRoundTrips(limits.holder._release, fail_first)
+    limits.holder._release = held_trips
+    leases = [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(count)]
+    return held_trips, leases
 
 
-def _held_in_redis(store) -> set[str]:
-    owner, address = (set(store.client.zrange(key, 0, -1)) for key in (OWNER_SET, ADDRESS_SET))
-    assert owner == address
-    return owner
+def _held_in_redis(store) -> int:
+    """The slots held in both sets, which hold as many (read again if a release that gives
+    back one in each came between the two reads)."""
+    for _ in range(3):
+        owner, address = (held(store.client, key) for key in SETS)
+        if owner == address:
+            return owner
+    raise AssertionError(f"{owner} slots held in the owner's set, {address} in the address's")
 
 
-def test_leases_that_share_their_sets_are_renewed_with_one_command_per_set(store):
-    """The fan-out renews the slots of all the streams that wait, in one round trip: a
-    visitor's streams share their sets, and each set takes one ZADD and one EXPIRE."""
-    limits = Limits(store.client, Settings.from_env())
+def _limits(store, **caps) -> Limits:
+    return Limits(store.client, dataclasses.replace(Settings.from_env(), **caps))
+
+
+def test_a_process_holds_its_slots_with_one_renewal_however_many(store):
+    """A process renews its entry in `hw:holders`, and the time to live of each set it holds
+    slots in: one ZADD and one EXPIRE per set, however many slots; none while it holds none."""
+    limits = _limits(store)
+    holder = limits.holder
+    holder.LAPSE, holder.RENEW_EVERY = 2.0, 0.2
     leases = [limits.open_stream("releasing-owner", "198.51.100.9") for _ in range(5)]
-    before = {key: dict(store.client.zrange(key, 0, -1, withscores=True)) for key in SETS}
-    for key in SETS:
-        store.client.expire(key, 5)
+    assert _held_in_redis(store) == 5
     store.client.config_resetstat()
-    time.sleep(0.01)  # every lease's expiry moves on
-    Lease.renew_all(leases)
+    time.sleep(3 * holder.LAPSE)  # many renewals later, its slots still count
+    assert _held_in_redis(store) == 5
     stats = store.client.info("commandstats")
-    assert stats["cmdstat_zadd"]["calls"] == 2 and stats["cmdstat_expire"]["calls"] == 2
-    for key in SETS:
-        after = dict(store.client.zrange(key, 0, -1, withscores=True))
-        assert after.keys() == before[key].keys() == {lease.token for lease in leases}
-        assert all(after[token] > before[key][token] for token in after)
-        assert store.client.ttl(key) > 5
+    renewals = stats["cmdstat_zadd"]["calls"]
+    assert renewals >= 5 and stats["cmdstat_expire"]["calls"] == 2 * renewals
+    for lease in leases:
+        lease.release()
+    wait_for(lambda: _held_in_redis(store) == 0, timeout=5)
+    assert not store.client.exists(*SETS)  # nothing left behind
+    wait_for(lambda: not holder._running, timeout=5)  # it stops renewing, holding nothing
+    store.client.config_resetstat()
+    time.sleep(3 * holder.RENEW_EVERY)
+    assert "cmdstat_zadd" not in store.client.info("commandstats")
 
 
-def test_leases_given_back_during_a_round_trip_go_together_in_the_next(store):
-    held = _HeldRoundTrips(store.client)
-    first, *others = _stream_leases(store, held, 4)
-    sender = threading.Thread(target=first.release)
+def test_the_slots_of_a_process_that_died_stop_counting(store):
+    cap = {"max_streams_per_owner": 2, "max_streams_per_address": 2}
+    dead, alive = _limits(store, **cap), _limits(store, **cap)
+    dead.holder.RENEW_EVERY = 3600  # it never renews: as good as dead, once it lapses
+    for _ in range(2):
+        dead.open_stream("releasing-owner", "198.51.100.9")
+    with pytest.raises(LimitExceeded, match="Too many live streams open"):
+        alive.open_stream("releasing-owner", "198.51.100.9")
+    store.client.zadd(HOLDERS, {dead.holder.token: time.time() - 1})  # its entry lapsed
+    assert _held_in_redis(store) == 0
+    alive.open_stream("releasing-owner", "198.51.100.9")  # and drops the dead one's slots
+    assert store.client.hkeys(OWNER_SET) == [alive.holder.token]
+    assert store.client.zscore(HOLDERS, dead.holder.token) is None
+
+
+def test_processes_count_their_slots_together(store):
+    cap = {"max_streams_per_owner": 3, "max_streams_per_address": 100}
+    first, second = _limits(store, **cap), _limits(store, **cap)
+    first.open_stream("releasing-owner", "198.51.100.9")
+    leases = [second.open_stream("releasing-owner", "198.51.100.9") for _ in range(2)]
+    with pytest.raises(LimitExceeded):
+        first.open_stream("releasing-owner", "198.51.100.9")
+    assert _held_in_redis(store) == 3  # the refused one took no slot in the address's set
+    leases[0].release()
+    leases[0].release()  # a second release gives nothing back
+    wait_for(lambda: _held_in_redis(store) == 2, timeout=5)
+    first.open_stream("releasing-owner", "198.51.100.9")
+    time.sleep(3 * second.holder.GATHER)
+    assert _held_in_redis(store) == 3
+
+
+def test_slots_given_back_together_go_in_one_round_trip(store):
+    held_trips, leases = _stream_leases(store, 4)
+    held_trips.let_all_go()
+    for lease in leases:
+        lease.release()  # returns at once: a thread gives them back a moment later
+    wait_for(lambda: _held_in_redis(store) == 0, timeout=5)
+    assert held_trips.round_trips == 1
+
+
+def test_giving_a_slot_back_never_waits_for_redis(store):
+    held_trips, (first, *others) = _stream_leases(store, 4)
     try:
-        sender.start()
-        held.wait_for_a_round_trip()  # the first lease's round trip is under way
+        first.release()
+        held_trips.wait_for_a_round_trip()  # under way, and held
         for lease in others:
-            lease.release()  # returns at once: the sender takes it along
-        assert len(_held_in_redis(store)) == 4
+            lease.release()  # returns while the round trip is held: they go in the next
+        assert _held_in_redis(store) == 4
+        held_trips.let_one_go()
+        wait_for(lambda: _held_in_redis(store) == 3, timeout=5)
     finally:
-        held.let_all_go()
-        sender.join(10)
-    assert not sender.is_alive()
-    assert _held_in_redis(store) == set()
-    assert held.round_trips == 2  # four leases, two round trips
+        held_trips.let_all_go()
+    wait_for(lambda: _held_in_redis(store) == 0, timeout=5)
+    assert held_trips.round_trips == 2
 
 
-def test_a_caller_sends_two_round_trips_at_most_and_a_thread_sends_the_rest(store):
-    held = _HeldRoundTrips(store.client)
-    first, second, third = _stream_leases(store, held, 3)
-    late = third.token
-    sender = threading.Thread(target=first.release)
-    try:
-        sender.start()
-        held.wait_for_a_round_trip()
-        second.release()  # queued behind the first round trip
-        held.let_one_go()
-        held.wait_for_a_round_trip()  # the sender's second, with the second lease
-        third.release()  # queued behind that: more than the sender will take
-        held.let_one_go()
-        sender.join(10)
-        assert not sender.is_alive()  # it handed the third lease on and returned
-        held.wait_for_a_round_trip()  # which a thread of its own is sending
-        assert _held_in_redis(store) == {late}
-    finally:
-        held.let_all_go()
-    for _ in range(100):  # until that thread's round trip has landed
-        if not _held_in_redis(store):
-            break
-        time.sleep(0.05)
-    assert _held_in_redis(store) == set()
-    assert held.round_trips == 3
-
-
-@pytest.mark.parametrize(
-    "failure", [redis.ConnectionError("gone"), KeyboardInterrupt()], ids=["redis", "killed"]
-)
-def test_a_failed_release_leaves_later_ones_working(store, failure):
-    held = _HeldRoundTrips(store.client, fail_first=failure)
-    held.let_all_go()
-    lost, kept = _stream_leases(store, held, 2)
-    lost_token = lost.token
-    if isinstance(failure, redis.RedisError):
-        lost.release()  # that lease expires by itself
-    else:
-        with pytest.raises(KeyboardInterrupt):  # as a killed greenlet, it goes on up
-            lost.release()
+def test_a_failed_release_leaves_later_ones_working(store):
+    held_trips, (lost, kept) = _stream_leases(store, 2, fail_first=redis.ConnectionError("gone"))
+    held_trips.let_all_go()
+    lost.release()  # that slot goes with its set, or with the process
+    wait_for(lambda: held_trips.round_trips == 1, timeout=5)
     kept.release()
-    assert _held_in_redis(store) == {lost_token}
+    wait_for(lambda: _held_in_redis(store) == 1, timeout=5)
+    assert held_trips.round_trips == 2

@@ -10,8 +10,11 @@ from typing import NamedTuple
 import pytest
 
 from app import create_app
+from headway.limits import held
 from headway.store import CHANNEL
 from headway.web.streams import parse_last_event_id, sse
+
+from .conftest import wait_for
 
 OWNER = "owner-stream"
 
@@ -296,7 +299,8 @@ def test_streams_per_owner_are_capped_with_429(store):
     refused = client.get(f"/jobs/{job_id}/events")
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
-    opened[0][1].close()  # a closed stream frees its slot
+    opened[0][1].close()  # a closed stream frees its slot (a moment later)
+    wait_for(lambda: held(store.client, f"hw:streams:{OWNER}") == 2, timeout=5)
     response, events = open_stream(client, job_id)
     assert response.status_code == 200
     events.close()
@@ -529,7 +533,7 @@ def test_live_holds_one_stream_slot_however_many_jobs(web, store):
     jobs = [new_job(store) for _ in range(12)]
     events = open_live(web, "&".join(f"job={j}" for j in jobs) + "&rows=1")
     events.next_event()
-    assert store.client.zcard(f"hw:streams:{OWNER}") == 1
+    assert held(store.client, f"hw:streams:{OWNER}") == 1
     events.close()
 
 

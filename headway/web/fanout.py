@@ -21,11 +21,10 @@ itself:
   keeps a job list's rows (those are rendered per owner).
 
 A stream that waits has no timer of its own for its keepalive: the fan-out keeps them all
-(`Fanout.keep`), wakes each stream once its quiet spell is over, and meanwhile renews the
-slots of those it writes to, many in one round trip. Ten thousand timers were ten thousand
-objects made anew every keepalive interval, which kept the young generation of the garbage
-collector tens of thousands strong and its collections long, and ten thousand wake-ups
-that did nothing but set the next timer.
+(`Fanout.keep`) and wakes each stream once its quiet spell is over. Ten thousand timers
+were ten thousand objects made anew every keepalive interval, which kept the young
+generation of the garbage collector tens of thousands strong and its collections long, and
+ten thousand wake-ups that did nothing but set the next timer.
 
 A stream that got its final state is woken to end only once no change waits to be written:
 ending a stream (its greenlet, the response's close, the connection's next read) costs
@@ -52,7 +51,6 @@ import time
 import redis
 
 from headway.hub import Watcher
-from headway.limits import Lease
 from headway.web.views import Framing, JobView, JobViews
 
 log = logging.getLogger("headway.fanout")
@@ -71,11 +69,7 @@ ENDINGS = 10
 # endings take about a second longer.
 ENDING_PAUSE = 0.001
 KEPT = 50  # streams woken for their keepalives at a time, likewise
-# Waiting streams looked at in one go (their slots renewed in one round trip): the fan-out
-# reads no change meanwhile. At a renewal tick, 10,000 streams had 1,700-1,900 renewals due
-# together, which held the fan-out for 25 ms or more.
-LOOKED = 200
-RENEWAL_TICKS = 8  # per keepalive interval: the moments at which slots are renewed (`look_at`)
+LOOKED = 200  # waiting streams looked at in one go: the fan-out reads no change meanwhile
 
 
 def quiet_spell(keepalive: float) -> float:
@@ -110,7 +104,6 @@ class Sink:
         framing: Framing,
         sent: dict[str, int | None],
         context,
-        slots: Lease,
         keepalive: float,
     ):
         self.sock = sock
@@ -124,15 +117,13 @@ class Sink:
         self.rows = False  # it also keeps rows: every change wakes it
         self.pending = b""  # what the socket has not taken yet: the stream writes it
         self.written_at = -math.inf  # monotonic time of the fan-out's last write here
-        self.slots = slots  # the stream's: renewed by the fan-out while it waits
-        self.keepalive = keepalive
         self.quiet = quiet_spell(keepalive)  # its keepalive falls due after this much silence
         self.since = time.monotonic()  # when the stream last began to wait
         self.kept = False  # in the fan-out's heap of waiting streams (`Fanout.keep`)
 
     @classmethod
     def for_request(
-        cls, environ, framing: Framing, sent: dict, context, slots: Lease, keepalive: float
+        cls, environ, framing: Framing, sent: dict, context, keepalive: float
     ) -> Sink | None:
         """A sink for this response, if the server lets one write to its socket."""
         sock = environ.get("gunicorn.socket")
@@ -140,25 +131,11 @@ class Sink:
         if sock is None or "gevent" not in type(sock).__module__ or _is_tls(sock):
             return None
         chunked = environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
-        return cls(sock, chunked, framing, sent, context, slots, keepalive)
+        return cls(sock, chunked, framing, sent, context, keepalive)
 
     def keepalive_at(self) -> float:
         """When its keepalive falls due (monotonic): a quiet spell after the last write."""
         return max(self.since, self.written_at) + self.quiet
-
-    def look_at(self) -> float:
-        """When the fan-out must next look at it: its keepalive, or its slots' renewal.
-
-        A renewal waits for the next tick of a coarse clock (an eighth of the keepalive
-        interval), so that those of many streams fall due together and go in one round
-        trip: spread over the interval, 10,000 streams took one round trip each, 600 a
-        second. The lease outlives the delay by far (`Limits.stream_lease`).
-        """
-        renew = self.slots.renews_at(self.keepalive)
-        if renew != math.inf:
-            tick = self.keepalive / RENEWAL_TICKS
-            renew = math.ceil(renew / tick) * tick
-        return min(self.keepalive_at(), renew)
 
     def takes(self, job_id: str) -> bool:
         return job_id in self.sent and not self.rows
@@ -251,11 +228,11 @@ class Fanout:
 
     def keep(self, watcher: Watcher) -> None:
         """Look after a stream that is about to wait (`watcher.sink` set): wake it once its
-        keepalive falls due (`Watcher.nudge`), and renew its slots while it waits."""
+        keepalive falls due (`Watcher.nudge`)."""
         if watcher.sink.kept:  # still in the heap from an earlier wait: it is looked at then
             return
         watcher.sink.kept = True
-        at = watcher.sink.look_at()
+        at = watcher.sink.keepalive_at()
         with self._lock:
             earliest = not self._kept or at < self._kept[0][0]
             heapq.heappush(self._kept, (at, next(self._order), watcher))
@@ -352,14 +329,13 @@ class Fanout:
             return max(0.0, self._kept[0][0] - time.monotonic()) if self._kept else None
 
     def _look_after(self) -> None:
-        """Look at a few of the kept streams that are due: wake those whose keepalive is
-        due, and renew the slots of the others whose lease is due, all in one round trip.
-        The rest wait for the next look, after the changes noticed meanwhile."""
-        now, woken, again = time.monotonic(), 0, []  # `again`: those still waiting
+        """Look at a few of the kept streams that are due: wake those whose keepalive is due,
+        and keep those written to since until a quiet spell after that write. The rest wait
+        for the next look, after the changes noticed meanwhile."""
+        now, woken, looked = time.monotonic(), 0, 0
         with self._lock:
-            for _ in range(LOOKED):
-                if not self._kept or self._kept[0][0] > now or woken >= KEPT:
-                    break
+            while self._kept and self._kept[0][0] <= now and woken < KEPT and looked < LOOKED:
+                looked += 1
                 watcher = heapq.heappop(self._kept)[2]
                 if not watcher.parked:  # it woke (or ended) since: not ours until it waits
                     watcher.sink.kept = False
@@ -368,16 +344,7 @@ class Fanout:
                     watcher.nudge()
                     woken += 1
                 else:
-                    again.append(watcher)
-        due = [w.sink.slots for w in again if w.sink.slots.renews_at(w.sink.keepalive) <= now]
-        try:
-            Lease.renew_all(due)
-        except redis.RedisError as exc:  # they expire by themselves; the next look retries
-            log.warning("fan-out could not renew the slots of %d streams: %s", len(due), exc)
-        finally:
-            with self._lock:
-                for watcher in again:
-                    at = watcher.sink.look_at()
+                    at = watcher.sink.keepalive_at()
                     heapq.heappush(self._kept, (at, next(self._order), watcher))
         if woken:
             time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them

@@ -111,8 +111,8 @@ def _request_context():
 
 
 class _Lease:
-    """A stream's slots: per owner and per address (in Redis, renewed while the stream
-    lives) and one of this process's; all released when it ends, however it ends."""
+    """A stream's slots: per owner and per address (in Redis) and one of this process's;
+    all released when it ends, however it ends."""
 
     def __init__(self, owner: str):
         svc = services()
@@ -123,13 +123,6 @@ class _Lease:
         except BaseException:
             self._release_slot()
             raise
-
-    def renew(self) -> None:
-        """Extend the slots, at most once per keepalive interval; call it on every pass.
-
-        A busy stream sends no keepalives, and its slots must not lapse for that.
-        """
-        self.lease.renew(self.keepalive)
 
     def release(self) -> None:
         self._release_slot()
@@ -184,8 +177,8 @@ def _wait(watcher: Watcher, sink: Sink | None, lease: _Lease, deadline: float, f
     A keepalive falls due after a quiet spell (`quiet_spell`). A stream with a sink leaves
     its keepalive to the fan-out (`Fanout.keep`), which may write to it meanwhile: the
     stream is not idle while it does, so its quiet spell starts again with each of those
-    writes, and the fan-out renews its slots as it waits on. Then whatever the fan-out
-    left half written is finished, before the stream writes anything of its own.
+    writes. Then whatever the fan-out left half written is finished, before the stream
+    writes anything of its own.
     """
     now = time.monotonic()
     if sink is None:
@@ -210,9 +203,7 @@ def job_events(job_id: str):
 
     context = _request_context()
     sent = {job.id: last_seen}  # the version this stream has sent (its sink's too)
-    sink = Sink.for_request(
-        request.environ, stream_framing, sent, context, lease.lease, lease.keepalive
-    )
+    sink = Sink.for_request(request.environ, stream_framing, sent, context, lease.keepalive)
     if sink is not None:
         sink.ends = True
 
@@ -225,7 +216,6 @@ def job_events(job_id: str):
                 while True:
                     if sink is not None and sink.ended:
                         return  # the fan-out sent the final state
-                    lease.renew()  # (not for a stream that ends: it gives its slots back)
                     view = svc.views.get([job.id], fresh_since, context).get(job.id)
                     if view is None:
                         return
@@ -312,9 +302,7 @@ def live():
     lease = _Lease(owner)
     context = _request_context()
     sent: dict[str, int | None] = {}  # the version of each job this stream has sent
-    sink = Sink.for_request(
-        request.environ, live_framing, sent, context, lease.lease, lease.keepalive
-    )
+    sink = Sink.for_request(request.environ, live_framing, sent, context, lease.keepalive)
     if sink is not None:
         sink.rows = rows
 
@@ -360,7 +348,6 @@ def live():
                     if time.monotonic() >= deadline:
                         return  # the browser reconnects, saying which versions it has
                     woken = _wait(watcher, sink, lease, deadline, svc.hub.fanout)
-                    lease.renew()
                     if woken is None:
                         yield KEEPALIVE
                         # Quiet for a while: look at the unfinished ones again (a worker may

@@ -232,7 +232,6 @@ class BodyReader:
         open_file: Callable[[str], SpooledFile],
         csrf_problem: Callable[[str | None], str | None],
         header_token: str | None,
-        on_progress: Callable[[], None] = lambda: None,
     ):
         self.stream = stream
         self.boundary = boundary
@@ -240,7 +239,6 @@ class BodyReader:
         self.open_file = open_file  # the client's file name -> where its bytes go
         self.csrf_problem = csrf_problem
         self.header_token = header_token
-        self.on_progress = on_progress
         self.complete = False  # the body was read to its end
         self.received = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
@@ -274,7 +272,6 @@ class BodyReader:
             before = self._samples[0][1] if self._samples[0][0] <= now - window else 0
             if self.received - before < self.limits.min_rate * window:
                 raise self._too_slow()
-        self.on_progress()
         return chunk
 
     def _too_slow(self) -> Refused:

@@ -247,7 +247,7 @@ def _csrf_problem(token: str | None) -> str | None:
     return None
 
 
-def _read_body(kind: kinds.JobKind, job_id: str, renew) -> Upload:
+def _read_body(kind: kinds.JobKind, job_id: str) -> Upload:
     """The form fields and spooled files; raises Refused."""
     svc = services()
     settings = svc.settings
@@ -283,7 +283,6 @@ def _read_body(kind: kinds.JobKind, job_id: str, renew) -> Upload:
         InputFiles(svc.store.storage, job_id, spool(), keep_local=kind.check_file is not None),
         _csrf_problem,
         header_token,
-        on_progress=renew,
     )
     try:
         return reader.read()
@@ -319,8 +318,7 @@ def new_job(slug: str):
             except LimitExceeded as exc:
                 _finish_unread_body()
                 raise Refused(str(exc), exc.status, exc.retry_after) from None
-            every = svc.settings.upload_rate_window / 2
-            upload = _read_body(kind, job_id, lambda: lease.renew(every))
+            upload = _read_body(kind, job_id)
             form = kind.options(upload.fields) if kind.options else None
             if form is not None and not form.validate():
                 problems = [
