@@ -154,12 +154,8 @@ class Holder:
         """One slot in each set of `keys`, or in none: 0, or the 1-based index of the first
         set that is at its cap."""
         now = time.time()
-        ttl = math.ceil(2 * self.LAPSE)  # a set outlives its holders' lapse
-        full = int(
-            self._acquire(
-                keys=[HOLDERS, *keys], args=[now, self.token, now + self.LAPSE, ttl, *caps]
-            )
-        )
+        lapses, ttl = now + self.LAPSE, self._set_ttl()
+        full = int(self._acquire(keys=[HOLDERS, *keys], args=[now, self.token, lapses, ttl, *caps]))
         if not full:
             with self._lock:
                 self._held.update(keys)
@@ -182,8 +178,7 @@ class Holder:
             self._given_back.set()
             return
         with self._lock:
-            self._held.subtract(keys)
-            self._held += collections.Counter()  # (drops the sets at zero)
+            self._held -= collections.Counter(keys)  # (a set at zero is dropped)
         try:
             self._release(keys=keys, args=[self.token, *(1 for _ in keys)])
         except redis.RedisError as exc:  # it goes with its set, or with the process
@@ -200,8 +195,7 @@ class Holder:
                     self._given_back.clear()  # (those given back from now on wake it again)
                 with self._lock:
                     queued, self._queued = self._queued, collections.Counter()
-                    self._held.subtract(queued)
-                    self._held += collections.Counter()  # (drops the sets at zero)
+                    self._held -= queued  # (a set at zero is dropped)
                     keys = list(self._held)
                     if not keys and not queued:
                         self._running = False  # with the lock: a slot taken starts another
@@ -220,12 +214,16 @@ class Holder:
                 self._running = False
             raise
 
+    def _set_ttl(self) -> int:
+        """A set's time to live, in whole seconds: it outlives its holders' lapse."""
+        return math.ceil(2 * self.LAPSE)
+
     def _renew(self, keys: list[str]) -> None:
         """Renew this holder, and the sets it holds slots in (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(HOLDERS, {self.token: time.time() + self.LAPSE})
         for key in keys:
-            pipe.expire(key, math.ceil(2 * self.LAPSE))
+            pipe.expire(key, self._set_ttl())
         pipe.execute()
 
 
