@@ -21,12 +21,8 @@ loglevel = os.environ.get("HEADWAY_LOG_LEVEL", "info")
 
 
 def post_worker_init(worker):
-    """Compile every template now, and keep the cyclic garbage collector from pausing every
-    stream for a second.
-
-    Jinja compiles a template on its first use, in 1-12 ms here (the job's outcome, shown
-    first when a job ends, took 12 ms): every stream the process feeds waited while the
-    first change that needed one was rendered.
+    """Compile every template now (`compile_templates`), and keep the cyclic garbage
+    collector from pausing every stream for a second.
 
     A full collection walks every object the process holds, about a hundred per open
     stream: with 10,000 streams it took 0.6 to 1 s here, and CPython runs one whenever
@@ -41,9 +37,9 @@ def post_worker_init(worker):
     """
     import gc
 
-    env = getattr(worker.wsgi, "jinja_env", None)  # (the app: a Flask app, here)
-    for name in env.list_templates() if env is not None else ():
-        env.get_template(name)
+    from headway.web import compile_templates
+
+    compile_templates(worker.wsgi)  # (the app)
 
     def freeze_survivors(phase: str, info: dict) -> None:
         if phase == "stop" and info["generation"] == 2:
