@@ -474,6 +474,33 @@ def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
             sock.close()
 
 
+def test_a_look_after_the_waiting_streams_takes_those_due_shortly_too():
+    """A look wakes the streams whose keepalive falls due within `LOOK_AHEAD`, so that the
+    fan-out looks a few times a second rather than once for each stream; it leaves those
+    due later for a later look."""
+    from headway.hub import Watcher
+    from headway.web.fanout import LOOK_AHEAD, Fanout, Sink
+    from headway.web.streams import stream_framing
+
+    fanout, pairs, watchers = Fanout(views=None), [], []
+    try:
+        for i, due_in in enumerate((LOOK_AHEAD / 2, LOOK_AHEAD / 2, 4 * LOOK_AHEAD)):
+            ours, theirs = socket.socketpair()
+            pairs += [ours, theirs]
+            sink = Sink(ours, True, stream_framing, {}, None, 8.0)
+            sink.since = time.monotonic() + due_in - sink.quiet  # due `due_in` from now
+            watcher = Watcher(["job"], sink=sink)
+            watcher.parked = sink.kept = True
+            watchers.append(watcher)
+            heapq.heappush(fanout._kept, (sink.keepalive_at(), i, watcher))
+        fanout._look_after()
+        assert [w._event.is_set() for w in watchers] == [True, True, False]
+        assert [entry[2] for entry in fanout._kept] == [watchers[2]]
+    finally:
+        for sock in pairs:
+            sock.close()
+
+
 def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, store, monkeypatch):
     """The fan-out's renders are the same for every watcher: a turn enters one context (a
     stream's) for all the jobs it reads, renders and writes, not one per job and change."""
