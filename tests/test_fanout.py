@@ -484,7 +484,7 @@ def test_a_look_after_the_waiting_streams_takes_those_due_shortly_too():
 
     fanout, pairs, watchers = Fanout(views=None), [], []
     try:
-        for i, due_in in enumerate((LOOK_AHEAD / 2, LOOK_AHEAD / 2, 4 * LOOK_AHEAD)):
+        for i, due_in in enumerate((LOOK_AHEAD / 2, LOOK_AHEAD / 2, 40 * LOOK_AHEAD)):
             ours, theirs = socket.socketpair()
             pairs += [ours, theirs]
             sink = Sink(ours, True, stream_framing, {}, None, 8.0)
