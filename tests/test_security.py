@@ -177,6 +177,33 @@ def test_security_headers_and_cookie_flags():
     assert "<script>" not in response.text  # no inline script anywhere
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def test_every_response_carries_the_security_headers_once_and_keeps_its_own_caching(store):
+    job_id = finished_job(store)
+    owner, stranger = client_for(OWNER), client_for("someone-else")
+    responses = {
+        "page": (owner.get(f"/jobs/{job_id}"), "no-store"),
+        "poll": (owner.get(f"/api/jobs/{job_id}"), "no-store"),
+        "stream": (owner.get(f"/jobs/{job_id}/events"), "no-store"),
+        "download": (owner.get(f"/jobs/{job_id}/files/result.txt"), "no-cache, max-age=0"),
+        "static": (owner.get("/static/headway.css"), "no-cache"),
+        "404": (stranger.get(f"/api/jobs/{job_id}"), "no-store"),
+        "405": (owner.get(f"/jobs/{job_id}/cancel"), "no-store"),
+    }
+    for what, (response, caching) in responses.items():
+        with response:
+            headers = response.headers
+            for name, value in (*SECURITY_HEADERS.items(), ("Cache-Control", caching)):
+                assert headers.getlist(name) == [value], (what, name, headers.getlist(name))
+            assert len(headers.getlist("Content-Security-Policy")) == 1, what
+
+
 def test_jobs_per_minute_limit_is_429_with_retry_after(store):
     client = client_for(
         OWNER, WTF_CSRF_ENABLED=False, JOBS_PER_MINUTE=2, RUNNING_JOBS_PER_OWNER=100

