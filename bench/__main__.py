@@ -22,6 +22,7 @@ from pathlib import Path
 from bench import polling, report, targets
 from bench.fanout import FanoutResult, run_fanout
 from bench.hostile import run_hostile
+from bench.metrics import stolen_pct, stolen_seconds
 from bench.polling import run_polling
 from bench.reporter_cost import run_reporter_cost
 from bench.servers import LOGS, ROOT, RedisServer, ensure_bench_requirements, raise_file_limit
@@ -131,6 +132,8 @@ leaves the rest to the stream): the two compare for one job, not for many.
 web worker's TCP connections to Redis, counted once all clients were connected and again at
 the end (pools keep what they open; a count reads every socket on the machine, so none is
 taken while latency is measured). **Connect s**: until every client had its first message.
+**CPU stolen %**: of both CPUs' time over the same span, what the hypervisor gave to other
+guests of the host (the machine ran that much slower).
 **Writes/s/job**: the pace the writer kept. The flask-sse peer publishes flask-sse's own
 message format, with a payload of 2.3 KB, through one persistent connection (`sse.publish`
 opens one per call, which held it to 3 writes a second), and, while clients connect, an id-
@@ -162,8 +165,9 @@ Closed loop: each keep-alive connection asks again as soon as it is answered. Th
 fragment is the same partial the page and the stream render (job with 10 item bars).
 Headway's JSON and the flask peer's take turns, {rounds} rounds of each with both servers
 up: this machine's speed drifts by tens of per cent within a minute, so one run of each,
-one after the other, measured the drift as much as the difference. The target compares
-the medians.""",
+one after the other, measured the drift as much as the difference. **CPU stolen %**: of
+both CPUs' time during the row, what the hypervisor gave to other guests of the host. The
+target compares the medians.""",
     "upload": """\
 One file streamed as multipart from a generator (1 MiB pieces, no file on the client's
 disk) after GETting the form for the session cookie and CSRF token; RSS of the web worker
@@ -203,14 +207,14 @@ class Report:
         self.sections.append(section)
         print("\n" + section, flush=True)
 
-    def write(self, path: Path, command: str, seconds: float, load_at_start) -> None:
+    def write(self, path: Path, command: str, seconds: float, load_at_start, stolen: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         head = [
             "# Headway benchmarks\n",
             INTRO,
             f"Command: `{command}` — took {seconds / 60:.1f} min.\n",
             "Machine:\n",
-            report.machine(load_at_start) + "\n",
+            report.machine(load_at_start, stolen) + "\n",
         ]
         path.write_text("\n".join(head + self.sections))
 
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     output = args.output or plan.output
-    started, load_at_start = time.monotonic(), os.getloadavg()
+    started, load_at_start, stolen0 = time.monotonic(), os.getloadavg(), stolen_seconds()
     raise_file_limit()
     ensure_bench_requirements()
     shutil.rmtree(LOGS, ignore_errors=True)
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     checks.append(targets.run_time_target(seconds))
     out.add("Targets", report.targets_table(checks))
     command = " ".join(["python -m bench", *argv]) + (" (make bench)" if not argv else "")
-    out.write(output, command, seconds, load_at_start)
+    out.write(output, command, seconds, load_at_start, stolen_pct(stolen0, seconds))
     print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
     return 0
 

@@ -24,7 +24,14 @@ from pathlib import Path
 import psutil
 import redis
 
-from bench.metrics import ProcessWatch, cpu_seconds, mb, redis_connections
+from bench.metrics import (
+    ProcessWatch,
+    cpu_seconds,
+    mb,
+    redis_connections,
+    stolen_pct,
+    stolen_seconds,
+)
 from bench.servers import (
     ALL_CPUS,
     OTHER_CPUS,
@@ -79,6 +86,7 @@ class FanoutResult:
     redis_conns: int
     ramp_s: float
     measure_s: float  # the 10-a-second phase and the drain: the span of cpu_s
+    stolen_pct: float  # of the machine's CPU time over measure_s, taken by other guests
     writes_per_s: float
     errors: dict  # client side: why streams ended without the final state
     server_log: dict  # server side: its warnings, by message
@@ -409,7 +417,7 @@ def run_fanout(
             redis_conns = redis_connections(server.worker, bench_redis.port)
             client_process = psutil.Process(load.pid)
             cpu0, redis_cpu0 = cpu_seconds(server.worker), cpu_seconds(redis_process)
-            client_cpu0 = cpu_seconds(client_process)
+            client_cpu0, stolen0 = cpu_seconds(client_process), stolen_seconds()
             ticks = round(duration * rate)
             started, measured_from = time.monotonic(), time.time()
             for i in range(ticks):
@@ -433,6 +441,7 @@ def run_fanout(
                 writer.finish()
             load.wait(lambda s: s["open"] == 0, drain)
             measure_s = time.monotonic() - started
+            stolen = stolen_pct(stolen0, measure_s)
             fanout_p99 = _server_fanout_p99(server) if system in ("headway", "floor") else math.nan
             cpu = cpu_seconds(server.worker) - cpu0
             redis_cpu = cpu_seconds(redis_process) - redis_cpu0
@@ -465,6 +474,7 @@ def run_fanout(
         redis_conns=redis_conns,
         ramp_s=ramp_s,
         measure_s=measure_s,
+        stolen_pct=stolen,
         writes_per_s=writes_per_s,
         errors=result.get("errors", {}),
         server_log=server_log,

@@ -28,6 +28,19 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted it,
+    summed over every CPU since boot (Linux's `steal` in /proc/stat); NaN where not told."""
+    return getattr(psutil.cpu_times(), "steal", math.nan)
+
+
+def stolen_pct(since: float, seconds: float) -> float:
+    """The share of all CPUs' time stolen since `stolen_seconds()` read `since`, over a span
+    of `seconds`: what a figure measured in that span lost to other guests of the host."""
+    cpus = psutil.cpu_count() or 1
+    return 100 * (stolen_seconds() - since) / (seconds * cpus) if seconds > 0 else math.nan
+
+
 def redis_connections(process: psutil.Process, redis_port: int) -> int:
     """TCP connections from `process` to the Redis port: what the process holds open."""
     with contextlib.suppress(psutil.Error):

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from bench.fanout import HeadwayWriter, PeerWriter
-from bench.metrics import cpu_seconds
+from bench.metrics import cpu_seconds, stolen_pct, stolen_seconds
 from bench.servers import ROOT, RedisServer, WebServer, session_cookie
 
 
@@ -35,6 +35,7 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     server_cores: float  # CPU seconds of the web worker per second
+    stolen_pct: float  # of the machine's CPU time, taken by other guests of the host meanwhile
     turn: int = 0  # of the rounds that take turns (0: measured once)
 
 
@@ -48,7 +49,7 @@ def hammer(
     turn: int = 0,
 ) -> Throughput:
     """Run the load generator's closed loop against one path."""
-    cpu0 = cpu_seconds(server.worker)
+    cpu0, stolen0 = cpu_seconds(server.worker), stolen_seconds()
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(server.port)]
     command += ["--mode", "hammer", "--clients", str(connections), "--paths", path]
     command += ["--cookie", cookie, "--duration", str(duration)]
@@ -63,6 +64,7 @@ def hammer(
         p50_ms=result["latency_ms"]["p50"],
         p99_ms=result["latency_ms"]["p99"],
         server_cores=(cpu_seconds(server.worker) - cpu0) / duration,
+        stolen_pct=stolen_pct(stolen0, duration),
         turn=turn,
     )
 

@@ -60,6 +60,7 @@ def fanout_table(results: list[FanoutResult]) -> str:
         "Redis conns",
         "Connect s",
         "Writes/s/job",
+        "CPU stolen %",
     ]
     rows = [
         [
@@ -83,6 +84,7 @@ def fanout_table(results: list[FanoutResult]) -> str:
             f"{r.redis_conns:,}",
             _num(r.ramp_s, 1),
             _num(r.writes_per_s, 1),
+            _num(r.stolen_pct, 1),
         ]
         for r in results
     ]
@@ -146,7 +148,7 @@ def reporter_table(costs: list[Cost]) -> str:
 
 def polling_table(rows: list[Throughput]) -> str:
     headers = ["Endpoint", "Round", "Connections", "Requests/s", "p50 ms", "p99 ms", "Errors"]
-    headers.append("Web CPU (cores)")
+    headers += ["Web CPU (cores)", "CPU stolen %"]
     return table(
         headers,
         [
@@ -159,6 +161,7 @@ def polling_table(rows: list[Throughput]) -> str:
                 _num(t.p99_ms, 1),
                 t.errors,
                 _num(t.server_cores, 2),
+                _num(t.stolen_pct, 1),
             ]
             for t in rows
         ],
@@ -225,8 +228,9 @@ def targets_table(targets: list[tuple[str, str, bool, str]]) -> str:
     return table(["Target", "Measured", "Result", "Why / note"], rows)
 
 
-def machine(load_at_start: tuple[float, float, float]) -> str:
-    """What the figures were measured on, and how busy it was with other work."""
+def machine(load_at_start: tuple[float, float, float], stolen: float) -> str:
+    """What the figures were measured on, and how busy it was with other work: `stolen`, the
+    share of its CPU time the hypervisor gave to other guests during the run (%)."""
     model = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -246,6 +250,10 @@ def machine(load_at_start: tuple[float, float, float]) -> str:
             f"- Load average (1, 5, 15 min) at the start: {loads(load_at_start)}; "
             f"at the end: {loads(os.getloadavg())}. The run itself keeps about 2 cores busy; "
             "more means other work (such as test suites) shared the machine and slowed it.",
+            f"- CPU time stolen by the hypervisor during the run (`steal` in /proc/stat): "
+            f"{_num(stolen, 1)} % of all CPUs' time. A virtual machine's CPUs run only when "
+            "the host gives them time; a scenario that lost some ran slower than the code "
+            "alone would (its rows give their own share, **CPU stolen %**).",
             f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         ]
     )
