@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from .browser_support import JOB_URL
+from .conftest import within_one_minute
 
 pytestmark = pytest.mark.browser
 
@@ -90,6 +91,7 @@ def test_refused_uploads_keep_the_form_files_and_options(live_server, page, tmp_
     page.set_input_files("#job-form input[type=file]", texts[:1])
     context = page.context
     token = page.get_attribute("input[name=csrf_token]", "value")
+    within_one_minute()
     for _ in range(2):
         started = context.request.post(
             f"{base}/jobs/new/steps",

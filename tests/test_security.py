@@ -11,6 +11,8 @@ from app import create_app
 from headway.limits import HOLDERS
 from jobs import control, kinds
 
+from .conftest import within_one_minute
+
 OWNER = "owner-sec"
 
 
@@ -208,6 +210,7 @@ def test_jobs_per_minute_limit_is_429_with_retry_after(store):
     client = client_for(
         OWNER, WTF_CSRF_ENABLED=False, JOBS_PER_MINUTE=2, RUNNING_JOBS_PER_OWNER=100
     )
+    within_one_minute()
     form = {"steps": "3", "delay": "0", "fail_at": "-1"}
     assert [client.post("/jobs/new/steps", data=form).status_code for _ in range(2)] == [303] * 2
     response = client.post("/jobs/new/steps", data=form)
