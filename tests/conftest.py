@@ -216,6 +216,14 @@ def client(app):
     return app.test_client()
 
 
+def record_reads(client) -> int:
+    """Reads of job records since Redis's stats were last reset: plain, or through the read
+    script (which reads the record with HGETALL too: commandstats counts what scripts call).
+    Not EVALSHA: that also counts the slots another test's app gives back meanwhile, from a
+    thread of its own."""
+    return client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+
+
 def within_one_minute(seconds: float = 10.0) -> None:
     """Wait, if need be, until the next minute starts, so that the next `seconds` fall in one
     minute. Jobs started per minute are counted per minute of the clock (headway/limits.py):

@@ -11,7 +11,7 @@ import pytest
 
 from app import create_app
 
-from .conftest import wait_for
+from .conftest import record_reads, wait_for
 
 OWNER = "owner-polling"
 
@@ -30,13 +30,6 @@ def running_job(store) -> str:
     return job_id
 
 
-def reads(store) -> int:
-    """Reads of job records since the last reset: plain, or through the read script (which
-    reads the record with HGETALL too: commandstats counts what scripts call). Not EVALSHA:
-    that also counts the slots another test's app gives back meanwhile, from a thread."""
-    return store.client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
-
-
 @pytest.mark.parametrize("path", ["/api/jobs/{}", "/jobs/{}/progress"])
 def test_polls_of_an_unchanged_job_cost_no_read(web, store, path):
     web.application.extensions["headway"].hub.ensure_ready()
@@ -50,12 +43,12 @@ def test_polls_of_an_unchanged_job_cost_no_read(web, store, path):
     def settled() -> bool:
         store.client.config_resetstat()
         web.get(url)
-        return reads(store) == 0
+        return record_reads(store.client) == 0
 
     wait_for(settled)
     store.client.config_resetstat()
     answers = [web.get(url) for _ in range(20)]
-    assert reads(store) == 0
+    assert record_reads(store.client) == 0
     assert all(a.get_data() == first.get_data() for a in answers)
 
     store.update(job_id, {"progress": 42.0, "message": "Forty-two"})

@@ -14,7 +14,7 @@ from headway.limits import held
 from headway.store import CHANNEL
 from headway.web.streams import parse_last_event_id, sse
 
-from .conftest import wait_for
+from .conftest import record_reads, wait_for
 
 OWNER = "owner-stream"
 
@@ -364,11 +364,7 @@ def test_a_view_catches_up_from_its_notices_and_reads_when_they_fall_short(store
         store.client.config_resetstat()
         with app.test_request_context("/"):
             got = views.get([job_id], not_before, contextlib.nullcontext)[job_id]
-        # Each read runs the read script, which reads the record with one HGETALL
-        # (commandstats counts what scripts call). Not EVALSHA: that also counts the slots
-        # another test's app gives back meanwhile, from a thread of its own.
-        stats = store.client.info("commandstats")
-        return got, stats.get("cmdstat_hgetall", {}).get("calls", 0)
+        return got, record_reads(store.client)
 
     def as_read(got) -> None:
         read, _ = view(JobViews(store), time.monotonic())
