@@ -423,6 +423,48 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
             sock.close()
 
 
+def test_a_stream_gets_nothing_after_its_final_state(app, store):
+    """A finished job takes one more write, the link to its retry. A stream that got the
+    final state (and `done`) but was not yet woken to end is not written that version: the
+    fan-out leaves it to the stream, which ends."""
+    from headway.web import services
+    from headway.web.fanout import Change, Sink
+    from headway.web.streams import _request_context, stream_framing
+
+    job_id, reporter = items_job(store, 3)
+    with app.test_request_context(f"/jobs/{job_id}/events"):
+        context = _request_context()
+        views = services().views
+
+    def read():
+        return views.get([job_id], time.monotonic(), context)[job_id]
+
+    have = read()
+    reporter.flush(status="failed", finished_at=time.time(), error="boom")
+    final = read()
+    assert store.update(job_id, {"retried_as": "f" * 32}).ok
+    linked = read()
+    assert linked.version == final.version + 1 and linked.state.retried_as
+
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        theirs.settimeout(5)
+        sink = Sink(ours, True, stream_framing, {job_id: have.version}, context, 10.0)
+        sink.ends = True
+        assert sink.write(Change(final), have.version, time.monotonic()) and sink.ended
+        written = theirs.recv(1 << 20).decode()
+        assert written.endswith(f"id: {final.version}\nevent: done\ndata: failed\n\n\r\n")
+        assert not sink.write(Change(linked), final.version, time.monotonic())
+        assert sink.sent[job_id] == final.version
+        theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(1 << 20)  # nothing came after `done`
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
     """Streams kept for their keepalives are looked at `LOOKED` at a time, and woken `KEPT`
     at a time, so that changes noticed meanwhile are written between batches. One written

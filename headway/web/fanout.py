@@ -152,9 +152,10 @@ class Sink:
         the moment the change is written (monotonic).
 
         A stream that ends with the job's final state (`ends`) is then `ended`: it must be
-        woken to end.
+        woken to end. Nothing is written after that state (its `done`): a later version (the
+        link to a retry) wakes the stream to end, as if it were not waiting.
         """
-        if self.pending:
+        if self.pending or self.ended:
             return False
         base = sent if sent == change.base else change.view.since(sent)
         key = (self.framing, self.chunked, base)
