@@ -105,6 +105,22 @@ def items_job(store, items: int) -> tuple[str, ProgressReporter]:
     return job_id, reporter
 
 
+def view_reader(app, job_id: str):
+    """A stream's render context for `job_id`, and a function that reads the process's view
+    of the job as it is now (as the fan-out would, in that context)."""
+    from headway.web import services
+    from headway.web.streams import _request_context
+
+    with app.test_request_context(f"/jobs/{job_id}/events"):
+        context = _request_context()
+        views = services().views
+
+    def read():
+        return views.get([job_id], time.monotonic(), context)[job_id]
+
+    return context, read
+
+
 def wait_until_watched(reader_count: int, readers: list[Reader]) -> None:
     for reader in readers:
         reader.reading.set()
@@ -370,18 +386,11 @@ def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_v
     meanwhile): the stream then gets, straight to its socket and without being woken, the
     change from the version it has; a stream whose version the process never read gets the
     whole state. Each message is made once, whatever the number of streams that need it."""
-    from headway.web import services
     from headway.web.fanout import Change, Sink
-    from headway.web.streams import _request_context, stream_framing
+    from headway.web.streams import stream_framing
 
     job_id, reporter = items_job(store, 10)
-    with app.test_request_context(f"/jobs/{job_id}/events"):
-        context = _request_context()
-        views = services().views
-
-    def read():
-        return views.get([job_id], time.monotonic(), context)[job_id]
-
+    context, read = view_reader(app, job_id)
     have = read()
     for index in (2, 5):
         reporter.item(index, f"item-{index:03}.dat", 100, "done")
@@ -427,18 +436,11 @@ def test_a_stream_gets_nothing_after_its_final_state(app, store):
     """A finished job takes one more write, the link to its retry. A stream that got the
     final state (and `done`) but was not yet woken to end is not written that version: the
     fan-out leaves it to the stream, which ends."""
-    from headway.web import services
     from headway.web.fanout import Change, Sink
-    from headway.web.streams import _request_context, stream_framing
+    from headway.web.streams import stream_framing
 
     job_id, reporter = items_job(store, 3)
-    with app.test_request_context(f"/jobs/{job_id}/events"):
-        context = _request_context()
-        views = services().views
-
-    def read():
-        return views.get([job_id], time.monotonic(), context)[job_id]
-
+    context, read = view_reader(app, job_id)
     have = read()
     reporter.flush(status="failed", finished_at=time.time(), error="boom")
     final = read()
