@@ -199,10 +199,10 @@ class ChangeHub:
             taking = [w for w in targets if w.sink is not None and w.sink.takes(job_id)]
             targets.difference_update(taking)
             fed += taking
-        if fed:
-            self.fanout(job_id, fed, at)
         for watcher in targets:
             watcher.notify(job_id, at)
+        if fed:  # (last: the fan-out may write the change to them all before it returns)
+            self.fanout(job_id, fed, at)
 
     def _wake_all(self) -> None:
         with self._lock:

@@ -467,6 +467,75 @@ def test_a_stream_gets_nothing_after_its_final_state(app, store):
         theirs.close()
 
 
+def test_a_change_is_written_as_its_notice_comes_unless_one_is_being_written(
+    app, store, monkeypatch
+):
+    """The hub hands a change to the fan-out and it is written there and then, in the
+    hub's thread (no hand-over to another greenlet first). While another change is being
+    written, it waits, and the fan-out's own thread writes it right after. Each thread
+    enters a request context to render in once, and keeps it."""
+    from headway.hub import Watcher
+    from headway.web import services, streams
+    from headway.web.fanout import Fanout, Sink
+    from headway.web.streams import stream_framing
+
+    entered = []  # the thread of each request context entered
+    monkeypatch.setattr(
+        streams._Rerouted,
+        "push",
+        lambda self, push=streams._Rerouted.push: (
+            entered.append(threading.current_thread().name) or push(self)
+        ),
+    )
+
+    job_id, reporter = items_job(store, 3)
+    context, read = view_reader(app, job_id)
+    with app.app_context():
+        fanout = Fanout(services().views)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        sink = Sink(ours, True, stream_framing, {job_id: read().version}, context, 10.0)
+        writers = []  # the thread of each write
+        write = sink.write
+        sink.write = lambda *args: writers.append(threading.current_thread().name) or write(*args)
+        watcher = Watcher([job_id], sink=sink)
+        watcher.parked = True
+
+        def hub() -> None:  # as the hub's thread does: a new version, then its notice
+            reporter.item(1, "item-001.dat", 50 + len(writers))
+            reporter.flush()
+            fanout(job_id, [watcher], time.monotonic())
+
+        thread = threading.Thread(target=hub, name="hub")
+        thread.start()
+        thread.join(10)
+        assert b"event: delta" in theirs.recv(1 << 16)  # written before the hub went on
+        assert writers == ["hub"] and sink.sent[job_id] == read().version
+
+        with fanout._turn:  # a change is being written: the next waits for it
+            thread = threading.Thread(target=hub, name="hub")
+            thread.start()
+            thread.join(10)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(1 << 16)
+        theirs.settimeout(10)
+        assert b"event: delta" in theirs.recv(1 << 16)
+        assert writers == ["hub", "fanout"] and sink.sent[job_id] == read().version
+
+        theirs.setblocking(False)
+        thread = threading.Thread(target=lambda: [hub() for _ in range(3)], name="hub")
+        thread.start()
+        thread.join(10)
+        assert b"event: delta" in theirs.recv(1 << 16)
+        assert writers == ["hub", "fanout", "hub", "hub", "hub"]
+        assert [name for name in entered if name != "MainThread"] == ["hub", "fanout", "hub"]
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
     """Streams kept for their keepalives are looked at `LOOKED` at a time, and woken `KEPT`
     at a time, so that changes noticed meanwhile are written between batches. One written
@@ -562,11 +631,13 @@ def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, s
     for _, reporter in jobs:
         reporter.item(1, "item-001.dat", 50)
         reporter.flush()
-    entered = []
+    entered = []  # the thread of each request context entered
     monkeypatch.setattr(
         streams._Rerouted,
         "push",
-        lambda self, push=streams._Rerouted.push: entered.append(1) or push(self),
+        lambda self, push=streams._Rerouted.push: (
+            entered.append(threading.current_thread().name) or push(self)
+        ),
     )
     pairs, pending = [], {}
     try:

@@ -1,4 +1,6 @@
-"""Fan-out: each change written once per stream, straight to its socket, by one greenlet.
+"""Fan-out: each change written once per stream, straight to its socket, by one greenlet
+at a time: the hub's, as the change's notice comes, or the fan-out's own, when a change was
+being written already (it then writes every change noticed meanwhile).
 
 A stream is a greenlet that sends what its browser lacks. Waking a thousand of them for
 one change, to have each look up the same message and hand it to the WSGI server, costs
@@ -49,6 +51,7 @@ import threading
 import time
 
 import redis
+from flask import has_request_context
 
 from headway.hub import Watcher
 from headway.web.views import Framing, JobView, JobViews
@@ -200,7 +203,9 @@ def _is_tls(sock) -> bool:
 
 
 class Fanout:
-    """The process's one fan-out greenlet: changes in, direct writes out.
+    """The process's fan-out: changes in, direct writes out. Its own greenlet writes the
+    changes that came while one was being written, ends the streams that got their final
+    state and wakes those whose keepalive fell due.
 
     `times` holds, for each of the latest changes it wrote, the seconds from the change's
     notice to its last write (`/healthz` reports them).
@@ -218,17 +223,27 @@ class Fanout:
         self._kept: list[tuple[float, int, Watcher]] = []
         self._order = itertools.count()  # ties in the heap go first come, first served
         self._lock = threading.Lock()
+        self._turn = threading.Lock()  # held while changes are written, by whoever writes
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __call__(self, job_id: str, watchers: list[Watcher], at: float) -> None:
         """Take a change of `job_id` for `watchers`, noticed at `at` (from the hub, as the
-        notice arrives)."""
+        notice arrives), and write it here and now, unless the fan-out is at work: then
+        it does, once done with what it is at (with every change noticed meanwhile)."""
         with self._lock:
             self._pending.setdefault(job_id, []).extend(watchers)
             self._noticed.setdefault(job_id, at)
             self._latest[job_id] = at
             self._start()
+        if self._turn.acquire(blocking=False):
+            ending = bool(self._ending)
+            try:
+                self._send_pending()
+            finally:
+                self._turn.release()
+            if ending or not self._ending:
+                return  # (the fan-out is ending streams already, or there are none to end)
         self._event.set()
 
     def keep(self, watcher: Watcher) -> None:
@@ -257,28 +272,43 @@ class Fanout:
             if self._ending:  # a pause between turns of endings, cut short by a change
                 timeout = ENDING_PAUSE if timeout is None else min(timeout, ENDING_PAUSE)
             self._event.wait(timeout)
-            with self._lock:
-                self._event.clear()
-                pending, self._pending = self._pending, {}
-                noticed, self._noticed = self._noticed, {}
-                latest, self._latest = self._latest, {}
-            if not pending:
-                try:
-                    self._look_after()
-                except Exception:
-                    log.exception("fan-out could not look after the waiting streams")
-                self._end_some()
-                continue
+            self._event.clear()
+            with self._turn:
+                if self._send_pending():
+                    continue
             try:
-                self._send(pending, noticed, latest)
-            except Exception as exc:
-                if isinstance(exc, redis.RedisError):  # the streams say so, each as it ends
-                    log.debug("fan-out could not read: %s", exc)
-                else:
-                    log.exception("fan-out failed; the streams catch up by themselves")
-                for job_id, watchers in pending.items():
-                    for watcher in watchers:
-                        watcher.notify(job_id)
+                self._look_after()
+            except Exception:
+                log.exception("fan-out could not look after the waiting streams")
+            self._end_some()
+
+    def _send_pending(self) -> bool:
+        """Write the changes noticed so far (with `_turn` held); False if there were none.
+
+        The thread that writes (the fan-out's, or the hub's as a notice comes) keeps a
+        stream's request context entered for all it ever renders: what the fan-out renders
+        is the same for every watcher, and entering and leaving one for each change was a
+        fifth of the time from a notice to the change's first write (0.1 ms of 0.5).
+        """
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            noticed, self._noticed = self._noticed, {}
+            latest, self._latest = self._latest, {}
+        if not pending:
+            return False
+        try:
+            if not has_request_context():
+                next(iter(pending.values()))[0].sink.context().push()  # never left
+            self._send(pending, noticed, latest)
+        except Exception as exc:
+            if isinstance(exc, redis.RedisError):  # the streams say so, each as it ends
+                log.debug("fan-out could not read: %s", exc)
+            else:
+                log.exception("fan-out failed; the streams catch up by themselves")
+            for job_id, watchers in pending.items():
+                for watcher in watchers:
+                    watcher.notify(job_id)
+        return True
 
     def _send(
         self,
