@@ -28,7 +28,7 @@ were ten thousand objects made anew every keepalive interval, which kept the you
 generation of the garbage collector tens of thousands strong and its collections long, and
 ten thousand wake-ups that did nothing but set the next timer.
 
-A stream that got its final state is woken to end only once no change waits to be written:
+A stream that got its final state is woken to end once the process is idle, one at a time:
 ending a stream (its greenlet, the response's close, the connection's next read) costs
 more than writing to it, and when many jobs end together, ten thousand endings would
 otherwise hold up the final states of the jobs that end after them.
@@ -50,8 +50,10 @@ import ssl
 import threading
 import time
 
+import gevent
 import redis
 from flask import has_request_context
+from gevent import monkey
 
 from headway.hub import Watcher
 from headway.web.views import Framing, JobView, JobViews
@@ -59,18 +61,10 @@ from headway.web.views import Framing, JobView, JobViews
 log = logging.getLogger("headway.fanout")
 
 BATCH = 8  # jobs read together (one round trip) and written before the next are read
-# Streams woken to end at a time, between looks for new changes. Each ending costs about
-# 0.1 ms here, and a change noticed meanwhile waits for the turn: with 10,000 streams of 100
-# jobs ending within a second, turns of 50 held the fan-out's p99 (notice to last write) at
-# 12-13 ms, turns of 10 at 6-7 ms, in four runs each.
+# Streams ended in one go, one at a time, before the fan-out looks at the waiting streams
+# again. Each is woken to end once the process is idle (`_idle`), or after `IDLE_WAIT`.
 ENDINGS = 10
-# Between turns the fan-out waits for a change this long at most, as it waits anywhere else;
-# it used to go on at once after sleep(0), but gevent may run a greenlet that sleeps 0 again
-# before its loop next looks at the sockets (its docs say so), so turn after turn of endings
-# held back the notices of the jobs that ended later. With 10,000 streams over 100 jobs, the
-# final states' p99 went from 16-43 ms (six runs) to 8-17 ms (four) with a 1 ms pause; the
-# endings take about a second longer.
-ENDING_PAUSE = 0.001
+IDLE_WAIT = 0.05
 KEPT = 50  # streams woken for their keepalives at a time, likewise
 LOOKED = 200  # waiting streams looked at in one go: the fan-out reads no change meanwhile
 # A look takes the streams due this long ahead too, so that looks come a few times a second.
@@ -192,6 +186,18 @@ class Sink:
             self.sock.sendall(pending)
 
 
+def _idle() -> None:
+    """Wait until the process has nothing else to do, `IDLE_WAIT` at most. Under gevent:
+    until its loop has run what was ready, looked at the sockets (the hub's among them) and
+    found nothing more to run. `time.sleep(0)` is no such wait: gevent may run a greenlet
+    that sleeps 0 again before it looks at the sockets (its docs say so)."""
+    if not monkey.is_module_patched("threading"):
+        time.sleep(0)
+        return
+    with gevent.Timeout(IDLE_WAIT, False):
+        gevent.idle()
+
+
 def _is_tls(sock) -> bool:
     if isinstance(sock, ssl.SSLSocket):
         return True
@@ -268,9 +274,7 @@ class Fanout:
 
     def _run(self) -> None:
         while True:
-            timeout = self._until_next_look()
-            if self._ending:  # a pause between turns of endings, cut short by a change
-                timeout = ENDING_PAUSE if timeout is None else min(timeout, ENDING_PAUSE)
+            timeout = 0.0 if self._ending else self._until_next_look()
             self._event.wait(timeout)
             self._event.clear()
             with self._turn:
@@ -387,9 +391,11 @@ class Fanout:
             time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them
 
     def _end_some(self) -> None:
-        """Wake a few of the streams that got their final state: they end while the fan-out
-        next waits (`_run`), before it looks for changes again."""
+        """Wake a few of the streams that got their final state, one at a time, each once
+        the process is idle: it ends (in its own greenlet) before the next is woken, and
+        the changes noticed meanwhile are written first."""
         for _ in range(min(ENDINGS, len(self._ending))):
+            _idle()
             watcher, job_id = self._ending.popleft()
             watcher.notify(job_id)
 
