@@ -291,8 +291,8 @@ class Fanout:
 
         The thread that writes (the fan-out's, or the hub's as a notice comes) keeps a
         stream's request context entered for all it ever renders: what the fan-out renders
-        is the same for every watcher, and entering and leaving one for each change was a
-        fifth of the time from a notice to the change's first write (0.1 ms of 0.5).
+        is the same for every watcher, and entering and leaving one for each change took
+        0.1 ms of the 0.8-0.9 from a notice to the change's first write, here.
         """
         with self._lock:
             pending, self._pending = self._pending, {}
