@@ -121,6 +121,19 @@ def view_reader(app, job_id: str):
     return context, read
 
 
+def contexts_entered(monkeypatch) -> list[str]:
+    """The thread of each stream render context entered from now on (a list that grows)."""
+    from headway.web import streams
+
+    entered, push = [], streams._Rerouted.push
+    monkeypatch.setattr(
+        streams._Rerouted,
+        "push",
+        lambda self: entered.append(threading.current_thread().name) or push(self),
+    )
+    return entered
+
+
 def wait_until_watched(reader_count: int, readers: list[Reader]) -> None:
     for reader in readers:
         reader.reading.set()
@@ -264,13 +277,17 @@ def test_a_stream_the_fanout_feeds_is_not_idle_and_gets_no_keepalives(live_serve
     reader.start()
     wait_until_watched(1, [reader])
     feeding = time.monotonic()
-    for step in range(12):  # a change every 0.25 s for 3 s: never a second of silence
-        reporter.set(done=step, total=12)
+    # A change every 0.1 s for 3 s. A waiting stream gets a keepalive once its quiet spell
+    # (half the interval to all of it: 0.5-1 s here), less the fan-out's look-ahead
+    # (LOOK_AHEAD, 0.25 s), has gone by with no write: changes 0.25 s apart, plus the time
+    # each takes to arrive, let one through now and then.
+    for step in range(30):
+        reporter.set(done=step, total=30)
         reporter.flush()
-        time.sleep(0.25)
+        time.sleep(0.1)
     fed = time.monotonic()
     time.sleep(2.5)  # then silence: keepalives again, one a second
-    assert len(reader.versions("delta")) == 12
+    assert len(reader.versions("delta")) == 30
     assert not [t for t in reader.keepalives if feeding < t < fed], reader.keepalives
     assert [t for t in reader.keepalives if t > fed + 0.5], "no keepalive once quiet"
     reader.close()
@@ -475,18 +492,11 @@ def test_a_change_is_written_as_its_notice_comes_unless_one_is_being_written(
     written, it waits, and the fan-out's own thread writes it right after. Each thread
     enters a request context to render in once, and keeps it."""
     from headway.hub import Watcher
-    from headway.web import services, streams
+    from headway.web import services
     from headway.web.fanout import Fanout, Sink
     from headway.web.streams import stream_framing
 
-    entered = []  # the thread of each request context entered
-    monkeypatch.setattr(
-        streams._Rerouted,
-        "push",
-        lambda self, push=streams._Rerouted.push: (
-            entered.append(threading.current_thread().name) or push(self)
-        ),
-    )
+    entered = contexts_entered(monkeypatch)
 
     job_id, reporter = items_job(store, 3)
     context, read = view_reader(app, job_id)
@@ -618,7 +628,7 @@ def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, s
     """The fan-out's renders are the same for every watcher: a turn enters one context (a
     stream's) for all the jobs it reads, renders and writes, not one per job and change."""
     from headway.hub import Watcher
-    from headway.web import services, streams
+    from headway.web import services
     from headway.web.fanout import Fanout, Sink
     from headway.web.streams import _request_context, stream_framing
 
@@ -631,14 +641,7 @@ def test_a_turn_of_the_fanout_renders_every_change_in_one_request_context(app, s
     for _, reporter in jobs:
         reporter.item(1, "item-001.dat", 50)
         reporter.flush()
-    entered = []  # the thread of each request context entered
-    monkeypatch.setattr(
-        streams._Rerouted,
-        "push",
-        lambda self, push=streams._Rerouted.push: (
-            entered.append(threading.current_thread().name) or push(self)
-        ),
-    )
+    entered = contexts_entered(monkeypatch)
     pairs, pending = [], {}
     try:
         for job_id, _ in jobs:
