@@ -532,7 +532,9 @@ def test_a_change_is_written_as_its_notice_comes_unless_one_is_being_written(
                 theirs.recv(1 << 16)
         theirs.settimeout(10)
         assert b"event: delta" in theirs.recv(1 << 16)
-        assert writers == ["hub", "fanout"] and sink.sent[job_id] == read().version
+        # (the fan-out's thread notes the version sent after the write, then lets go)
+        wait_for(lambda: sink.sent[job_id] == read().version and not fanout._turn.locked())
+        assert writers == ["hub", "fanout"]
 
         theirs.setblocking(False)
         thread = threading.Thread(target=lambda: [hub() for _ in range(3)], name="hub")
