@@ -19,9 +19,8 @@ POOL_TIMEOUT = (
 )
 
 
-# Instrumented outside the bench (a scratch timer in the fan-out, 10,000 streams over 100
-# jobs and 1,000 streams of one job, 2026-12-07): where a change's time goes in the web
-# process before its first write.
+# Instrumented outside the bench (scratch timers in the fan-out, 10,000 streams over 100
+# jobs, 2026-12-07): where a change's time goes in the web process before its first write.
 BEFORE_FIRST_WRITE = (
     "From a change's notice, the median change's writes began 0.09 ms later (the hub's "
     "greenlet writes it as the notice comes), after 0.45-0.5 ms to apply the notice and render "
@@ -114,7 +113,7 @@ def _per_stream_work(r: FanoutResult) -> str:
     serial_ms = r.clients * r.cpu_per_message_us / 1000
     return (
         f"Changes are applied and rendered once per web process, shared; each waiting "
-        f"stream gets the change's pre-framed bytes in one write from the fan-out greenlet "
+        f"stream gets the change's pre-framed bytes in one write from the fan-out "
         f"(headway/web/fanout.py): {r.cpu_per_message_us:,.1f} µs of web CPU per message "
         f"here. The writes are one after another, so the last of {r.clients:,} streams gets "
         f"it about {serial_ms:,.0f} ms after the first, before the clients' own processing; "
@@ -192,7 +191,7 @@ def fanout_targets(results: list[FanoutResult]) -> list[Target]:
                 f"{r.fanout_p99_ms:,.1f} ms (in the web process, /healthz; the floor's own: "
                 f"{floor.fanout_p99_ms:,.1f} ms)",
                 r.fanout_p99_ms <= 15,
-                "The fan-out greenlet applies and renders each change once, then writes it to "
+                "The fan-out applies and renders each change once, then writes it to "
                 "the 1,000 sockets one after another, one write each; a change it cannot "
                 "write directly wakes the stream's own greenlet. The floor, which only writes "
                 f"the same way, took {floor.fanout_p99_ms:,.1f} ms here, about "

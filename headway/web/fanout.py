@@ -243,14 +243,13 @@ class Fanout:
             self._latest[job_id] = at
             self._start()
         if self._turn.acquire(blocking=False):
-            ending = bool(self._ending)
             try:
                 self._send_pending()
             finally:
                 self._turn.release()
-            if ending or not self._ending:
-                return  # (the fan-out is ending streams already, or there are none to end)
-        self._event.set()
+            if not self._ending:
+                return
+        self._event.set()  # the fan-out writes what waits, or ends the streams that got theirs
 
     def keep(self, watcher: Watcher) -> None:
         """Look after a stream that is about to wait (`watcher.sink` set): wake it once its
@@ -324,8 +323,8 @@ class Fanout:
         # together (from their notices, or read in one round trip) and rendered once, then
         # written, so the first jobs of a burst wait for no others. A view holds a change
         # once it holds every one noticed until the job's latest notice.
-        # One context for all of it (a stream's: what is rendered here is the same for
-        # every watcher); a context each time was a tenth of the work of a change.
+        # In one context (a stream's: what is rendered here is the same for every watcher):
+        # the one the writing thread holds (`_send_pending`), else one for this turn.
         context = next(iter(pending.values()))[0].sink.context
         job_ids = list(pending)
         with context():
