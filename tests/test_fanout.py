@@ -4,7 +4,7 @@ response yields; a reader that stalls skips to the newest state and holds up no 
 
 from __future__ import annotations
 
-import heapq
+import collections
 import http.client
 import math
 import socket
@@ -359,7 +359,10 @@ def test_streams_that_connected_together_get_keepalives_at_moments_of_their_own(
     # Streams that connected together and waited together would wake together, one
     # keepalive interval later and every interval after: with ten thousand, that held up
     # every change for a tenth of a second. Each keepalive falls due after a quiet spell
-    # drawn for its stream, between half the interval and all of it.
+    # drawn for its stream, between half the interval and all of it, and is sent when the
+    # fan-out looks at the slot it falls in: `LOOK_AHEAD` early at most.
+    from headway.web.fanout import LOOK_AHEAD
+
     server = live_servers(SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="2")
     job_id, _ = items_job(store, 3)
     readers = [Reader(server.port, f"/jobs/{job_id}/events") for _ in range(16)]
@@ -371,7 +374,7 @@ def test_streams_that_connected_together_get_keepalives_at_moments_of_their_own(
     for reader in readers:
         reader.close()
     assert len(quiet) == len(readers), "a stream got no keepalive in a whole interval"
-    assert quiet[0] > 0.9 and quiet[-1] < 2.2, quiet
+    assert quiet[0] > 1.0 - LOOK_AHEAD and quiet[-1] < 2.2, quiet
     assert quiet[-1] - quiet[0] > 0.4, quiet  # without the draw: all within ms of 2 s
 
 
@@ -551,16 +554,16 @@ def test_a_change_is_written_as_its_notice_comes_unless_one_is_being_written(
 def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
     """Streams kept for their keepalives are looked at `LOOKED` at a time, and woken `KEPT`
     at a time, so that changes noticed meanwhile are written between batches. One written
-    to since it was kept is kept on, until a quiet spell after that write."""
+    to since it was kept is kept on, in the slot of a quiet spell after that write."""
     from headway.hub import Watcher
-    from headway.web.fanout import KEPT, LOOKED, Fanout, Sink
+    from headway.web.fanout import KEPT, LOOK_AHEAD, LOOKED, Fanout, Sink
     from headway.web.streams import stream_framing
 
     pairs = []
 
     def kept(fanout: Fanout, count: int, written: bool) -> list[Watcher]:
         watchers = []
-        for i in range(count):
+        for _ in range(count):
             ours, theirs = socket.socketpair()
             pairs.extend([ours, theirs])
             sink = Sink(ours, True, stream_framing, {}, None, 8.0)
@@ -571,20 +574,23 @@ def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
             watcher = Watcher(["job"], sink=sink)
             watcher.parked = sink.kept = True
             watchers.append(watcher)
-            # As `Fanout.keep` does, without starting the fan-out's own thread.
-            heapq.heappush(fanout._kept, (due, i, watcher))
+            fanout._keep_at(watcher, due)  # as `Fanout.keep` does, without its thread
         return watchers
 
-    def overdue(fanout: Fanout) -> int:
-        return sum(at <= time.monotonic() for at, _, _ in fanout._kept)
+    def overdue(fanout: Fanout) -> int:  # kept in a slot that has begun
+        now = time.monotonic()
+        return sum(len(kept) for slot, kept in fanout._kept.items() if slot * LOOK_AHEAD <= now)
+
+    def held(fanout: Fanout) -> int:
+        return sum(len(kept) for kept in fanout._kept.values())
 
     try:
         fanout = Fanout(views=None)
         watchers = kept(fanout, LOOKED + 50, written=True)
         fanout._look_after()
-        assert overdue(fanout) == 50 and len(fanout._kept) == len(watchers)
+        assert overdue(fanout) == 50 and held(fanout) == len(watchers)
         fanout._look_after()
-        assert overdue(fanout) == 0 and len(fanout._kept) == len(watchers)
+        assert overdue(fanout) == 0 and held(fanout) == len(watchers)
         assert not any(w._event.is_set() for w in watchers)  # none woken
 
         fanout = Fanout(views=None)
@@ -593,34 +599,37 @@ def test_a_look_after_the_waiting_streams_takes_a_few_at_a_time():
         assert sum(w._event.is_set() for w in watchers) == KEPT
         fanout._look_after()
         assert all(w._event.is_set() and not w.sink.kept for w in watchers)
-        assert not fanout._kept
+        assert not fanout._kept and not fanout._slots
     finally:
         for sock in pairs:
             sock.close()
 
 
 def test_a_look_after_the_waiting_streams_takes_those_due_shortly_too():
-    """A look wakes the streams whose keepalive falls due within `LOOK_AHEAD`, so that the
-    fan-out looks a few times a second rather than once for each stream; it leaves those
-    due later for a later look."""
+    """A look takes every stream of a slot that has begun: it wakes those whose keepalive
+    falls due before the slot ends (`LOOK_AHEAD` from now at most), so that the fan-out
+    looks a few times a second rather than once for each stream; it leaves those due later
+    for a later look."""
     from headway.hub import Watcher
     from headway.web.fanout import LOOK_AHEAD, Fanout, Sink
     from headway.web.streams import stream_framing
 
     fanout, pairs, watchers = Fanout(views=None), [], []
+    slot_ends = (math.floor(time.monotonic() / LOOK_AHEAD) + 1) * LOOK_AHEAD
     try:
-        for i, due_in in enumerate((LOOK_AHEAD / 2, LOOK_AHEAD / 2, 40 * LOOK_AHEAD)):
+        for due in (slot_ends - 0.001, slot_ends - 0.001, slot_ends + 40 * LOOK_AHEAD):
             ours, theirs = socket.socketpair()
             pairs += [ours, theirs]
             sink = Sink(ours, True, stream_framing, {}, None, 8.0)
-            sink.since = time.monotonic() + due_in - sink.quiet  # due `due_in` from now
+            sink.since = due - sink.quiet
             watcher = Watcher(["job"], sink=sink)
             watcher.parked = sink.kept = True
             watchers.append(watcher)
-            heapq.heappush(fanout._kept, (sink.keepalive_at(), i, watcher))
+            fanout._keep_at(watcher, sink.keepalive_at())
+        assert not watchers[0]._event.is_set()
         fanout._look_after()
         assert [w._event.is_set() for w in watchers] == [True, True, False]
-        assert [entry[2] for entry in fanout._kept] == [watchers[2]]
+        assert list(fanout._kept.values()) == [collections.deque([watchers[2]])]
     finally:
         for sock in pairs:
             sock.close()
