@@ -55,7 +55,8 @@ UPDATE_SCRIPT = """
 local job, logkey, itemskey, running, retention = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local itemv = KEYS[6]
 local now = ARGV[1]
-local cur = redis.call('HMGET', job, 'status', 'progress', 'heartbeat', 'attempt', 'owner', 'id')
+local cur = redis.call('HMGET', job, 'status', 'progress', 'heartbeat', 'attempt', 'owner', 'id',
+                      'version', 'cancel_requested')
 local status = cur[1]
 if not status then return {'missing', '', ''} end
 local f = cjson.decode(ARGV[2])
@@ -79,20 +80,23 @@ end
 if f.progress and tonumber(f.progress) < tonumber(cur[2] or '0') then
   return {'regress', cur[2], f.progress}
 end
-local allowed = {
-  queued = {running=true, cancelled=true, failed=true},
-  running = {running=true, retrying=true, succeeded=true, failed=true, cancelled=true,
-             interrupted=true},
-  retrying = {running=true, retrying=true, failed=true, cancelled=true, interrupted=true},
-}
-if f.status and f.status ~= status and not (allowed[status] and allowed[status][f.status]) then
-  return {'transition', status, f.status}
+if f.status and f.status ~= status then
+  local allowed = {
+    queued = {running=true, cancelled=true, failed=true},
+    running = {running=true, retrying=true, succeeded=true, failed=true, cancelled=true,
+               interrupted=true},
+    retrying = {running=true, retrying=true, failed=true, cancelled=true, interrupted=true},
+  }
+  if not (allowed[status] and allowed[status][f.status]) then
+    return {'transition', status, f.status}
+  end
 end
+local version = tonumber(cur[7] or '0') + 1
 local args = {}
 for k, v in pairs(f) do args[#args + 1] = k; args[#args + 1] = v end
 args[#args + 1] = 'updated_at'; args[#args + 1] = now
+args[#args + 1] = 'version'; args[#args + 1] = version
 redis.call('HSET', job, unpack(args))
-local version = redis.call('HINCRBY', job, 'version', 1)
 local lines = cjson.decode(ARGV[3])
 if #lines > 0 then
   redis.call('RPUSH', logkey, unpack(lines))
@@ -126,7 +130,7 @@ if #ARGV[2] + #ARGV[3] + #ARGV[4] <= tonumber(ARGV[9]) then
     .. '\\n' .. ARGV[4]
 end
 redis.call('PUBLISH', ARGV[5], notice)
-return {'ok', version, redis.call('HGET', job, 'cancel_requested') or '0', new_status}
+return {'ok', version, f.cancel_requested or cur[8] or '0', new_status}
 """
 
 
