@@ -1,7 +1,8 @@
 """The progress reporter that job code talks to.
 
 Job code calls it as often as it likes; the reporter keeps the state in memory and writes
-it at most once per `interval` (default 0.1 s). Stage changes, warning and error log lines and
+it at most once per `interval` (default 0.1 s), each write with only the fields that changed
+since the last one the job accepted. Stage changes, warning and error log lines and
 the final state go out at once. A background thread flushes pending changes and keeps the
 heartbeat while the job runs, so a job stuck inside one long item still looks alive and
 its last report still reaches the page.
@@ -27,6 +28,10 @@ ETA_MIN_SECONDS = 3.0
 ETA_MIN_PERCENT = 3.0
 ETA_SMOOTHING = 0.25  # weight of a fresh estimate against the previous one, counted down
 MAX_PROBLEMS = 100  # failed items named in the record (the count has them all)
+# Sent with every write, changed or not: the heartbeat, and the attempt, by which the update
+# script turns away the writes of an attempt that a later one superseded. Any other field
+# goes only when it differs from what the last accepted write stored.
+ALWAYS_SENT = frozenset({"heartbeat", "attempt"})
 
 
 class JobCancelled(Exception):
@@ -69,6 +74,7 @@ class ProgressReporter:
         self.current = ""
         self.message = ""
         self._fields: dict = {}
+        self._written: dict = {}  # the fields as the last accepted write stored them
         self._log: list[str] = []
         self._items: dict[int, ItemProgress] = {}
         self._dirty = True
@@ -215,6 +221,12 @@ class ProgressReporter:
             "attempt": self.attempt,
         }
         fields.update(self._fields)
+        written = self._written
+        fields = {
+            name: value
+            for name, value in fields.items()
+            if name in ALWAYS_SENT or name not in written or written[name] != value
+        }
         logs, items = self._log, self._items
         self._fields, self._log, self._items = {}, [], {}
         self._dirty = False
@@ -237,6 +249,7 @@ class ProgressReporter:
                 log.info("job %s: redis reachable again", self.job_id)
                 self._unreachable_since = None
             if result.ok:
+                self._written.update(fields)
                 self._cancelled = self._cancelled or result.cancel_requested
             elif result.reason in ("final", "missing", "stale"):
                 # cancelled, reaped or superseded while we worked: stop at the next report
