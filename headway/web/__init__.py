@@ -180,9 +180,8 @@ def check_new_job(owner: str | None, address: str) -> None:
 
 
 def reap_if_stale(job: JobState) -> JobState:
-    store = services().store
-    if _heartbeat_lost(job) and store.mark_interrupted_if_stale(job.id):
-        return store.get(job.id) or job
+    if _heartbeat_lost(job) and services().store.mark_interrupted_if_stale(job.id):
+        return services().store.get(job.id) or job
     return job
 
 
