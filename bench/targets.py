@@ -19,16 +19,27 @@ POOL_TIMEOUT = (
 )
 
 
-# Instrumented outside the bench (scratch timers in the fan-out, 10,000 streams over 100
-# jobs, 2026-12-07): where a change's time goes in the web process before its first write.
+# Instrumented outside the bench (scratch timers in the hub, the fan-out and the writer; one
+# 10-second run of 10,000 streams over 100 jobs each, 2026-12-07): where a change's time goes
+# before its first write, medians of about 1,100 changes.
 BEFORE_FIRST_WRITE = (
-    "From a change's notice, the median change's writes began 0.09 ms later (the hub's "
-    "greenlet writes it as the notice comes), after 0.45-0.5 ms to apply the notice and render "
-    "the parts that moved and 0.15-0.2 ms to make and frame the message: its first write came "
-    "about 0.7 ms after the notice, where the floor writes at once (timers in the web "
-    "process, at 10,000 streams over 100 jobs). Before the notice, the update script (a Lua "
-    "check, HSET and PUBLISH) takes a few tens of µs more than a pipelined HSET and PUBLISH "
-    "(the worker-side table); the floor's writer only publishes."
+    "From the moment the hub read a change's notice, the fan-out began 0.06 ms later, "
+    "applied the notice and rendered the parts that moved in 0.23 ms, made and framed the "
+    "message in 0.12 ms: its first write came 0.4 ms after the notice, where the floor "
+    "writes at once. Before that, from the writer's call to the hub's read took 0.43 ms "
+    "(0.04 ms to build the update, then the update script, whose round trip took 0.27 ms: "
+    "a Lua check, HSET and PUBLISH, on the core the clients share with Redis), against "
+    "0.31 ms for the floor's writer to publish and its server to read. A change's first "
+    "client got it 1.35 ms after the writer's call (the floor's: 0.47 ms) and its last "
+    "3.57 ms after (the floor's: 2.35 ms), medians over the changes of one run each."
+)
+# Measured outside the bench (same day): 100 jobs ending over one second, 10,000 streams, no
+# updates before; each figure one run.
+ENDINGS_DEFERRED = (
+    "Deferring every ending by 3 s changed nothing measurable: the final states' p99 was "
+    "5.7-8.1 ms deferred and 6.1-6.7 ms not (three runs each), and Headway's final states "
+    "came as fast as the floor's (median 3.1-3.4 against 2.9-3.1 ms). After a run of "
+    "updates they come later than the floor's (here above); what adds that was not found."
 )
 
 
@@ -51,7 +62,7 @@ def _endings(r: FanoutResult, floor: FanoutResult | None) -> str:
             "them one at a time, each once the process is idle (headway/web/fanout.py), so "
             "that the final states of the jobs that end later are written first, and their "
             "stream slots go back to Redis together (Holder, headway/limits.py), so that "
-            "Redis does not take the core the clients share with it."
+            "Redis does not take the core the clients share with it. " + ENDINGS_DEFERRED
         )
     if len(notes) == 1 or not r.p99_updates_ms <= 1.25 * floor_updates:
         notes.append(
