@@ -394,20 +394,20 @@ class Fanout:
             slots, kept = self._slots, self._kept
             while slots and slots[0] * LOOK_AHEAD <= now and woken < KEPT and looked < LOOKED:
                 streams = kept[slots[0]]
-                while streams and woken < KEPT and looked < LOOKED:
-                    looked += 1
-                    watcher = streams.popleft()
-                    sink = watcher.sink
-                    if not watcher.parked:  # it woke (or ended) since: not ours until it waits
-                        sink.kept = False
-                    elif (at := sink.keepalive_at()) <= horizon:
-                        sink.kept = False
-                        watcher.nudge()
-                        woken += 1
-                    else:  # (a later slot: `at` is past the end of this one)
-                        self._keep_at(watcher, at)
-                if not streams:
+                if not streams:  # every stream of the slot looked at
                     del kept[heapq.heappop(slots)]
+                    continue
+                looked += 1
+                watcher = streams.popleft()
+                sink = watcher.sink
+                if not watcher.parked:  # it woke (or ended) since: not ours until it waits
+                    sink.kept = False
+                elif (at := sink.keepalive_at()) <= horizon:
+                    sink.kept = False
+                    watcher.nudge()
+                    woken += 1
+                else:  # (a later slot: `at` is past the end of this one)
+                    self._keep_at(watcher, at)
         if woken:
             time.sleep(0)  # under gevent: the woken streams run now, this greenlet after them
 
