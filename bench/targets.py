@@ -19,19 +19,24 @@ POOL_TIMEOUT = (
 )
 
 
-# Instrumented outside the bench (scratch timers in the hub, the fan-out and the writer; one
-# 10-second run of 10,000 streams over 100 jobs each, 2026-12-07): where a change's time goes
-# before its first write, medians of about 1,100 changes.
+# Instrumented outside the bench (2026-12-07): scratch timers in Headway's hub, fan-out and
+# writer and in the floor's broadcaster, 20-second runs of 10,000 streams over 100 jobs in
+# turns, medians over the 2,000 changes of each run; and the same per-change work in one
+# process, fed the bench writer's notices.
 BEFORE_FIRST_WRITE = (
-    "From the moment the hub read a change's notice, the fan-out began 0.06 ms later, "
-    "applied the notice and rendered the parts that moved in 0.23 ms, made and framed the "
-    "message in 0.12 ms: its first write came 0.4 ms after the notice, where the floor "
-    "writes at once. Before that, from the writer's call to the hub's read took 0.43 ms "
-    "(0.04 ms to build the update, then the update script, whose round trip took 0.27 ms: "
-    "a Lua check, HSET and PUBLISH, on the core the clients share with Redis), against "
-    "0.31 ms for the floor's writer to publish and its server to read. A change's first "
-    "client got it 1.35 ms after the writer's call (the floor's: 0.47 ms) and its last "
-    "3.57 ms after (the floor's: 2.35 ms), medians over the changes of one run each."
+    "Side by side, with timers in both servers: the floor writes to its first socket 0.06 "
+    "ms after it reads a message; Headway 0.5-0.8 ms after its hub reads a change's notice "
+    "(it applies the notice, renders the parts that moved, makes and frames the message), "
+    "and the notice reaches it 0.15-0.3 ms later than the floor's message reaches the "
+    "floor (the update script, a Lua check, HSET and PUBLISH, against a PUBLISH). From the "
+    "first write on, the two take the same time: 100 writes in 1.1-1.5 ms, and the clients "
+    "2.1-2.8 ms to read them. A floor made to spin 0.5 ms before it writes each message "
+    "comes to Headway's figures: p99 5.7, 6.9 and 8.2 ms against 5.0, 6.5 and 5.9 ms "
+    "unmodified, in alternating runs. Those 0.5-0.8 ms are CPU (the thread's CPU time grows "
+    "by as much: nothing waits) for work that takes 0.13-0.24 ms in a process that does it "
+    "back to back, and 0.49-0.54 ms in one that sleeps 10 ms between changes, as the web "
+    "process does here (0.33-0.42 ms with another process spinning on the core meanwhile): "
+    "on this machine, code runs two to four times slower after each pause."
 )
 # Measured outside the bench (same day): 100 jobs ending over one second, 10,000 streams, no
 # updates before; each figure one run.
