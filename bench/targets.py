@@ -44,8 +44,8 @@ BEFORE_FIRST_WRITE = (
     "after 8 ms of spinning. Live, in µs from the hub's read (medians of 2,000 changes): "
     "the notice handed on, 110; applied, 90-100; the stale check, 25; the meter and four "
     "facts rendered, 175-200; the view's bookkeeping, 30; the message, 80-110; the first "
-    "write, 40. No step is near half of it: trimming the three largest (the meter as a "
-    "macro, the message from the parts known to have moved, one JSON parse per notice) took "
+    "write, 40. No step is near half of it: trimming within the three largest (the meter "
+    "as a macro, the message from the parts known to have moved, one JSON parse per notice) took "
     "the median from 646 to 615 µs (one run each)."
 )
 # Measured outside the bench (same day): 100 jobs ending over one second, 10,000 streams, no
