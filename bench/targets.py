@@ -96,10 +96,11 @@ def _client_side(r: FanoutResult, floor: FanoutResult) -> str:
         f"ms, the floor's {_ms(floor.fanout_p99_ms)} ms; its CPU per message "
         f"{r.cpu_per_message_us:,.1f} µs, the floor's {floor.cpu_per_message_us:,.1f} µs. "
         + BEFORE_FIRST_WRITE
-        + " On the clients' core, which they share with Redis and the writer, each of "
-        "Headway's chunked messages costs the load generator about 1.4 µs more to decode "
-        "than the floor's unchunked bytes (bench/wire.py). One round's p99 differs from the "
-        "next by more than the target's margin (by round, in Measured)."
+        + " The clients do not make the difference: the load generator (bench/wire.py) "
+        "decodes one of Headway's chunked messages in about 4.2 µs and one of the floor's, "
+        "unchunked but twice the size, in about 5.0 µs (2026-12-07, in one process). One "
+        "round's p99 differs from the next by more than the target's margin (by round, in "
+        "Measured)."
     )
 
 

@@ -44,9 +44,9 @@ class ChunkedDecoder:
 
     A read that is one whole chunk, as a stream's message most often arrives, is sliced
     out at once: the general path cost the clients 3.8 µs more per message than reading
-    the same messages unchunked (the floor's), on the core they share with Redis and the
-    writer, where a browser decodes chunks natively for next to nothing. With the short
-    path, 1.4 µs more.
+    the same messages unchunked, on the core they share with Redis and the writer, where a
+    browser decodes chunks natively for next to nothing. With the short path, 0.8-0.9 µs
+    more for a 1 KB message (4.1-4.3 against 3.3-3.4 µs, decoder and SSE parser).
     """
 
     def __init__(self) -> None:
