@@ -48,13 +48,18 @@ BEFORE_FIRST_WRITE = (
     "as a macro, the message from the parts known to have moved, one JSON parse per notice) took "
     "the median from 646 to 615 µs (one run each)."
 )
-# Measured outside the bench (same day): 100 jobs ending over one second, 10,000 streams, no
-# updates before; each figure one run.
+# Measured outside the bench (2026-12-07): timers in Headway's fan-out and the clients'
+# receipts, 20-second runs of this scenario.
 ENDINGS_DEFERRED = (
-    "Deferring every ending by 3 s changed nothing measurable: the final states' p99 was "
-    "5.7-8.1 ms deferred and 6.1-6.7 ms not (three runs each), and Headway's final states "
-    "came as fast as the floor's (median 3.1-3.4 against 2.9-3.1 ms). After a run of "
-    "updates they come later than the floor's (here above); what adds that was not found."
+    "When the fan-out ended each stream as soon as the process was idle, the final states' "
+    "p99 went past 25 ms (to 134 ms) in 6 of 29 runs. In one of those, with timers in the "
+    "server, it had written every final state within 7.4 ms of the writer's call while the "
+    "clients fell up to 50 ms behind (130 ms in another): most likely reading the ends of "
+    "the streams of the jobs that finished before (the response's last chunk, the "
+    "connection's close) while later final states waited. Now a stream ends a second "
+    "after its final state (END_GRACE, headway/web/fanout.py), its client having closed it "
+    "on `done` by then: the final states' p99 was 8.3-10.4 ms in 4 runs (7.2-16 ms in 7 "
+    "runs of 8, and 27 ms in one, with the ends 3 s later in a throwaway build)."
 )
 
 
@@ -74,8 +79,9 @@ def _endings(r: FanoutResult, floor: FanoutResult | None) -> str:
             "web process wakes each stream to end, finishes its response and closes its "
             "connection through gunicorn (about 0.1 ms each, a second of CPU for 10,000), "
             "where the floor only drops a socket once its client hangs up. The fan-out ends "
-            "them one at a time, each once the process is idle (headway/web/fanout.py), so "
-            "that the final states of the jobs that end later are written first, and their "
+            "them a second later, one at a time, each once the process is idle "
+            "(headway/web/fanout.py), so that the final states of the jobs that end later "
+            "are written first, and their "
             "stream slots go back to Redis together (Holder, headway/limits.py), so that "
             "Redis does not take the core the clients share with it. " + ENDINGS_DEFERRED
         )

@@ -45,6 +45,7 @@ class Reader(threading.Thread):
         self.reading = threading.Event()
         self.closing = False
         self.keepalives: list[float] = []  # when each keepalive comment arrived
+        self.done_at = self.ended_at = math.inf  # when `done` came, when the stream ended
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         if receive_buffer:  # set before connecting, so the window stays small
             sock = socket.socket()
@@ -68,6 +69,8 @@ class Reader(threading.Thread):
                 if line == "":
                     if data:
                         self.messages.append((event, event_id, data[0]))
+                        if event == "done":
+                            self.done_at = time.monotonic()
                     event, event_id, data = "message", "", []
                 elif line.startswith("event: "):
                     event = line[7:]
@@ -81,6 +84,7 @@ class Reader(threading.Thread):
             if not self.closing:
                 raise
         finally:
+            self.ended_at = time.monotonic()
             self.response.close()
             self.conn.close()
 
@@ -380,8 +384,11 @@ def test_streams_that_connected_together_get_keepalives_at_moments_of_their_own(
 
 @pytest.mark.timeout(120)
 def test_streams_that_got_their_final_state_end_when_many_jobs_end_at_once(live_servers, store):
-    # The fan-out writes each final state and wakes its streams to end once it has no
-    # change left to write. A keepalive (here ten minutes away) must not be what ends them.
+    # The fan-out writes each final state and wakes its streams to end `END_GRACE` later,
+    # once it has no change left to write: a client that closes on `done` closes first. A
+    # keepalive (here ten minutes away) must not be what ends them.
+    from headway.web.fanout import END_GRACE
+
     server = live_servers(
         SECRET_KEY=SECRET, HEADWAY_KEEPALIVE_SECONDS="600", HEADWAY_RATE_LIMITS="off"
     )
@@ -399,6 +406,7 @@ def test_streams_that_got_their_final_state_end_when_many_jobs_end_at_once(live_
         reader.join(30)
         assert not reader.is_alive(), "the stream did not end after its final state"
         assert reader.versions("done") == [finals[i // 6]]
+        assert reader.ended_at - reader.done_at >= END_GRACE / 2 > 0, "ended without a grace"
 
 
 def test_a_waiting_stream_behind_the_changes_base_gets_the_change_from_its_own_version(app, store):
