@@ -34,7 +34,7 @@ often, first: an ending then costs the client nothing. Ended at once, each strea
 client the response's last chunk and the connection's close while the client was still
 reading the final states of other jobs; with 10,000 streams over 100 jobs that end within a
 second, the load generator fell 50-130 ms behind in some runs, and the final states with
-it, while the server had written each within 4 ms. And ending a stream (its greenlet, the
+it, while the server had written each within 8 ms. And ending a stream (its greenlet, the
 response's close, the connection's next read) costs the server more than writing to it:
 ten thousand endings at once would hold up the final states of the jobs that end after.
 
