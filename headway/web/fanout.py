@@ -255,14 +255,12 @@ class Fanout:
             self._latest[job_id] = at
             self._start()
         if self._turn.acquire(blocking=False):
-            ending = bool(self._ending)
             try:
                 self._send_pending()
             finally:
                 self._turn.release()
-            if ending or not self._ending:
-                return  # (the fan-out waits for the first ending already, or there is none)
-        self._event.set()  # the fan-out writes what waits, or waits for the first ending
+            return
+        self._event.set()  # the fan-out writes what waits, once done with what it is at
 
     def keep(self, watcher: Watcher) -> None:
         """Look after a stream that is about to wait (`watcher.sink` set): wake it once its
@@ -377,6 +375,8 @@ class Fanout:
             if sink.write(change, sent, now):
                 written += 1
                 if sink.ended:  # its last message: the stream ends, once there is time
+                    if not self._ending:  # the fan-out's wait must now end by its end
+                        self._event.set()
                     self._ending.append((now + END_GRACE, watcher, job_id))
             else:
                 watcher.notify(job_id, latest)
